@@ -1,0 +1,1 @@
+"""hamustro-logging."""

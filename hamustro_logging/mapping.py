@@ -1,0 +1,167 @@
+"""Validate event fields and map a ``logging.LogRecord`` to an :class:`Event`.
+
+No threads, no I/O: everything here runs on the caller's thread, so a bad
+field is reported where it was logged, with the field named.
+
+>>> import logging
+>>> record = logging.makeLogRecord({"event": "order_placed", "user_id": 7,
+...                                 "params": {"total": 12}, "created": 1454514088.5})
+>>> map_record(record)
+Event(at=1454514088, event=b'order_placed', user_id=7, ip=None, params=b'{"total":12}', is_testing=False)
+>>> map_record(logging.makeLogRecord({"msg": "plain log line"})) is None
+True
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+from typing import Any
+
+from .wire import UINT32_MAX, UINT64_MAX, Event
+
+__all__ = ["EventError", "build_event", "extra_attributes", "map_record"]
+
+#: Attributes every LogRecord has; whatever else a record carries came from
+#: ``extra=`` (or a filter). Taken from a blank record, as structlog's
+#: ExtraAdder does, so it stays right when Python adds one (taskName, 3.12).
+_BLANK_RECORD_ATTRS = frozenset(
+    logging.LogRecord("", logging.INFO, "", 0, "", (), None).__dict__
+) | {"message", "asctime"}
+
+#: Largest encoded payload accepted by default (the bulk of it is params).
+DEFAULT_MAX_EVENT_BYTES = 64 * 1024
+
+
+class EventError(ValueError):
+    """An event field is missing or has a value the collector cannot take.
+
+    The message is one line naming the field, the value's type and what was
+    wrong; ``field`` holds the field's name.
+    """
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"hamustro event field {field!r}: {message}")
+        self.field = field
+
+
+def _utf8(field: str, value: str) -> bytes:
+    try:
+        return value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise EventError(
+            field, f"str is not valid Unicode ({exc.reason} at index {exc.start})"
+        ) from None
+
+
+def _type_name(value: object) -> str:
+    return type(value).__name__
+
+
+def _params_bytes(params: object) -> bytes | None:
+    if params is None:
+        return None
+    if isinstance(params, str):
+        return _utf8("params", params)
+    if isinstance(params, (dict, list, tuple)):
+        try:
+            text = json.dumps(params, separators=(",", ":"), ensure_ascii=False, default=str)
+        except (TypeError, ValueError) as exc:  # non-str keys, circular references
+            raise EventError("params", f"{_type_name(params)} cannot be JSON-encoded: {exc}") from None
+        return _utf8("params", text)
+    raise EventError("params", f"expected str, dict or list, got {_type_name(params)}")
+
+
+def build_event(
+    event: object,
+    user_id: object = None,
+    params: object = None,
+    is_testing: object = False,
+    ip: object = None,
+    at: float | int | None = None,
+    *,
+    max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+) -> Event:
+    """Check every field and return the :class:`Event` to store.
+
+    Raises :class:`EventError` (a ``ValueError``) naming the first bad field.
+
+    >>> build_event("signup", user_id=-1, at=0)
+    Traceback (most recent call last):
+    ...
+    hamustro_logging.mapping.EventError: hamustro event field 'user_id': int -1 is outside 0..4294967295
+    """
+    if not isinstance(event, str):
+        raise EventError("event", f"expected a non-empty str, got {_type_name(event)}")
+    if not event:
+        raise EventError("event", "expected a non-empty str, got an empty str")
+    name = _utf8("event", event)
+
+    if user_id is not None:
+        if isinstance(user_id, bool) or not isinstance(user_id, int):
+            raise EventError("user_id", f"expected int, got {_type_name(user_id)}")
+        if not 0 <= user_id <= UINT32_MAX:
+            raise EventError("user_id", f"int {user_id} is outside 0..{UINT32_MAX}")
+        user_id = int(user_id)
+
+    if not isinstance(is_testing, bool):
+        raise EventError("is_testing", f"expected bool, got {_type_name(is_testing)}")
+
+    ip_bytes: bytes | None = None
+    if ip is not None:
+        if not isinstance(ip, str):
+            raise EventError("ip", f"expected str, got {_type_name(ip)}")
+        try:
+            ipaddress.ip_address(ip)
+        except ValueError:
+            raise EventError("ip", f"str {ip[:64]!r} is not an IPv4 or IPv6 address") from None
+        ip_bytes = ip.encode("ascii")
+
+    params_bytes = _params_bytes(params)
+
+    if at is None:
+        raise EventError("at", "missing timestamp")
+    if isinstance(at, bool) or not isinstance(at, (int, float)) or not 0 <= at <= UINT64_MAX:
+        raise EventError("at", f"expected epoch seconds, got {_type_name(at)} {at!r}")
+
+    size = len(name) + len(params_bytes or b"")
+    if size > max_event_bytes:
+        raise EventError(
+            "params", f"event is {size} bytes, more than max_event_bytes={max_event_bytes}"
+        )
+    return Event(int(at), name, user_id, ip_bytes, params_bytes, is_testing)
+
+
+def map_record(record: logging.LogRecord, default_is_testing: bool = False,
+               max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> Event | None:
+    """The default mapping: ``None`` for a record without an ``event`` attribute.
+
+    Reads ``event``, ``user_id``, ``params``, ``is_testing`` and ``ip`` from
+    the record (usually given with ``extra=``); ``at`` is ``record.created``.
+    """
+    d = record.__dict__
+    if "event" not in d:
+        return None
+    return build_event(
+        d["event"],
+        d.get("user_id"),
+        d.get("params"),
+        d.get("is_testing", default_is_testing),
+        d.get("ip"),
+        record.created,
+        max_event_bytes=max_event_bytes,
+    )
+
+
+def extra_attributes(record: logging.LogRecord) -> dict[str, Any]:
+    """The attributes a caller added to ``record`` (with ``extra=`` or a filter).
+
+    Useful in a :meth:`HamustroHandler.map_record` override, for example to
+    send every extra attribute as params.
+
+    >>> r = logging.makeLogRecord({"msg": "x", "event": "e", "plan": "pro"})
+    >>> extra_attributes(r)
+    {'event': 'e', 'plan': 'pro'}
+    """
+    return {k: v for k, v in record.__dict__.items() if k not in _BLANK_RECORD_ATTRS}

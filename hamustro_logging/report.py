@@ -1,0 +1,81 @@
+"""Say the library's own problems on stderr, once per streak, never through ``logging``.
+
+The library's threads must not log through ``logging``: ``logging.shutdown()``
+and ``dictConfig`` hold the module lock while they wait on handlers, and a
+flusher that logs then deadlocks (a known bug in other SDKs). So problems go
+straight to ``sys.stderr``, as python-logstash-async's ``safe_log_via_print``
+does: one line when a streak of failures starts (or its cause changes), a
+reminder at most every ``remind_after`` seconds while it lasts, and one line
+when it ends. Any secret given to the reporter is blanked out of every line.
+
+Called from any thread; a lock keeps lines whole.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections.abc import Iterable
+from typing import TextIO
+
+__all__ = ["Reporter"]
+
+PREFIX = "hamustro-logging: "
+
+
+class Reporter:
+    """Rate-limited stderr lines for one tracker or handler.
+
+    >>> import io
+    >>> out = io.StringIO()
+    >>> r = Reporter(secrets=["s3cret"], stream=out)
+    >>> r.problem("send", "405 for key s3cret"); r.problem("send", "405 for key s3cret")
+    >>> r.recovered("send", "delivered again")
+    >>> print(out.getvalue(), end="")
+    hamustro-logging: 405 for key ***
+    hamustro-logging: delivered again (after 2 failures)
+    """
+
+    def __init__(
+        self, secrets: Iterable[str] = (), stream: TextIO | None = None, remind_after: float = 600.0
+    ) -> None:
+        self._secrets = [s for s in secrets if s]
+        self._stream = stream
+        self.remind_after = remind_after
+        self._lock = threading.Lock()
+        self._streaks: dict[str, tuple[str, float, int]] = {}  # kind -> (message, last said, count)
+
+    def _say(self, line: str) -> None:
+        for secret in self._secrets:
+            line = line.replace(secret, "***")
+        stream = self._stream or sys.stderr
+        try:
+            stream.write(PREFIX + line.replace("\n", " ") + "\n")
+            stream.flush()
+        except Exception:  # noqa: S110 - a closed stderr must not break the app
+            pass
+
+    def problem(self, kind: str, message: str) -> None:
+        """A failure of ``kind``: said if new, changed, or not said for a while."""
+        now = time.monotonic()
+        with self._lock:
+            old = self._streaks.get(kind)
+            count = old[2] + 1 if old else 1
+            if old is None or old[0] != message or now - old[1] >= self.remind_after:
+                self._streaks[kind] = (message, now, count)
+                self._say(message if count == 1 else f"{message} ({count} failures so far)")
+            else:
+                self._streaks[kind] = (old[0], old[1], count)
+
+    def recovered(self, kind: str, message: str) -> None:
+        """The streak of ``kind`` is over; said only if there was one."""
+        with self._lock:
+            old = self._streaks.pop(kind, None)
+            if old is not None:
+                self._say(f"{message} (after {old[2]} failures)")
+
+    def once(self, message: str) -> None:
+        """A single line, e.g. a bad record; not rate-limited."""
+        with self._lock:
+            self._say(message)

@@ -1,0 +1,294 @@
+"""The spec's ``ClientTracker``: a session, numbered events on disk, the send triggers.
+
+No logging-framework concerns here; ``HamustroHandler`` builds on this class.
+``ClientTracker`` itself is synchronous, as the spec's object is:
+``track_event`` stores the event (on disk before it returns) and, when a
+trigger fires, sends on the caller's thread.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from .delivery import Delivery, DrainResult
+from .mapping import DEFAULT_MAX_EVENT_BYTES, build_event
+from .queue import Queue, SessionInfo
+from .report import Reporter
+from .stats import Stats
+from .transport import Transport
+from .wire import Event, collection_header, md5hex, session_id, sha256hex
+
+__all__ = ["ClientTracker", "default_queue_dir"]
+
+
+def default_queue_dir(client_id: str) -> Path:
+    """``$XDG_CACHE_HOME/hamustro-logging/<client_id>`` (``~/.cache`` without it).
+
+    >>> default_queue_dir("my app/1").name
+    'my_app_1-2723e097'
+    """
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", client_id)[:64]
+    return Path(base) / "hamustro-logging" / f"{safe}-{md5hex(client_id)[:8]}"
+
+
+def _required(name: str, value: object) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a non-empty str, got {type(value).__name__}")
+    if not value:
+        raise ValueError(f"{name} must be a non-empty str, got an empty str")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{name} is not valid Unicode") from None
+    return value
+
+
+def _optional(name: str, value: object) -> str | None:
+    return None if value is None else _required(name, value)
+
+
+def _timeout(value: object) -> tuple[float, float]:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = (value, value)
+    if (
+        isinstance(value, (tuple, list))
+        and len(value) == 2
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in value)
+    ):
+        return float(value[0]), float(value[1])
+    raise ValueError(f"timeout must be seconds > 0 or a (connect, read) pair, got {value!r}")
+
+
+def _positive(name: str, value: object, kind: type = int) -> Any:
+    if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int):
+        raise TypeError(f"{name} must be {kind.__name__}, got {type(value).__name__}")
+    if value < (0 if kind is float else 1):
+        raise ValueError(f"{name} must be {'>= 0' if kind is float else '>= 1'}, got {value}")
+    return value
+
+
+class _IpFinder:
+    """The host's address toward the collector, found without sending anything.
+
+    Connecting a UDP socket sends no packet; it only asks the kernel which
+    local address routes to the collector. Cached for ``ttl`` seconds.
+    """
+
+    def __init__(self, collector_url: str, ttl: float = 300.0) -> None:
+        parts = urlsplit(collector_url)
+        self.host = parts.hostname or "127.0.0.1"
+        self.port = parts.port or (443 if parts.scheme == "https" else 80)
+        self.ttl = ttl
+        self._value: bytes | None = None
+        self._at = -ttl
+
+    def get(self) -> bytes | None:
+        now = time.monotonic()
+        if now - self._at >= self.ttl:
+            self._value = self._find()
+            self._at = now
+        return self._value
+
+    def _find(self) -> bytes | None:
+        try:
+            infos = socket.getaddrinfo(self.host, self.port, type=socket.SOCK_DGRAM)
+            family, _, _, _, address = infos[0]
+            with socket.socket(family, socket.SOCK_DGRAM) as sock:
+                sock.connect(address)
+                return str(sock.getsockname()[0]).encode("ascii")
+        except (OSError, IndexError, UnicodeError):
+            return None
+
+
+class ClientTracker:
+    """The spec's client: queue events on disk and send them per session.
+
+    Required arguments missing or empty raise ``ValueError`` (``TypeError``
+    for a wrong type) naming the argument. ``device_id`` is hashed with
+    SHA-256 at once; the raw id is never stored or sent.
+
+    >>> import tempfile
+    >>> t = ClientTracker("http://127.0.0.1:9", "secret", "device-1", "client-1",
+    ...                   "OS X 10.11", "1.0.0", queue_dir=tempfile.mkdtemp())
+    >>> t.session
+    'c3b261989df9cb95efb791759dd37e16'
+    >>> t.track_event("signup", user_id=7, params={"plan": "pro"}, ip="203.0.113.7")
+    1
+    >>> t.load_number_per_session()
+    {'c3b261989df9cb95efb791759dd37e16': 1}
+    >>> t.close()
+    """
+
+    def __init__(
+        self,
+        collector_url: str,
+        shared_secret_key: str,
+        device_id: str,
+        client_id: str,
+        system_version: str,
+        product_version: str,
+        system: str | None = None,
+        product_git_hash: str | None = None,
+        queue_size: int = 20,
+        queue_retention: float = 1440,
+        queue_dir: str | os.PathLike[str] | None = None,
+        *,
+        detect_ip: bool = True,
+        timeout: float | Sequence[float] = (3.05, 10.0),
+        verify: bool | str = True,
+        max_batch_events: int = 500,
+        max_batch_bytes: int = 512 * 1024,
+        max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+    ) -> None:
+        url = _required("collector_url", collector_url)
+        if urlsplit(url).scheme not in ("http", "https"):
+            raise ValueError(f"collector_url must be an http:// or https:// URL, got {url!r}")
+        secret = _required("shared_secret_key", shared_secret_key)
+        self.device_id = sha256hex(_required("device_id", device_id))
+        self.client_id = _required("client_id", client_id)
+        self.system_version = _required("system_version", system_version)
+        self.product_version = _required("product_version", product_version)
+        self.system = _optional("system", system)
+        self.product_git_hash = _optional("product_git_hash", product_git_hash)
+        self.queue_size = _positive("queue_size", queue_size)
+        self.queue_retention = _positive("queue_retention", queue_retention, float)
+        self.max_event_bytes = _positive("max_event_bytes", max_event_bytes)
+        if not isinstance(detect_ip, bool):
+            raise TypeError(f"detect_ip must be bool, got {type(detect_ip).__name__}")
+        if not isinstance(verify, (bool, str)):
+            raise TypeError(f"verify must be bool or a CA bundle path, got {type(verify).__name__}")
+
+        self.session = self.generate_session()
+        self.queue_dir = Path(queue_dir) if queue_dir is not None else default_queue_dir(client_id)
+        self._queue_options = {
+            "chunk_events": _positive("max_batch_events", max_batch_events),
+            "chunk_bytes": _positive("max_batch_bytes", max_batch_bytes),
+        }
+        self._header = collection_header(
+            self.device_id, self.client_id, self.session, self.system_version,
+            self.product_version, self.system, self.product_git_hash,
+        )  # fmt: skip
+        self._transport_options: dict[str, Any] = {"timeout": _timeout(timeout), "verify": verify}
+        self._url = url
+        self._secret = secret
+        self._ip = _IpFinder(url) if detect_ip else None
+        self.stats_counters = Stats()
+        self.reporter = Reporter(secrets=[secret])
+        self._open()
+
+    def _open(self) -> None:
+        """Open the queue and the transport (again in a forked child)."""
+        self.queue = Queue(self.queue_dir, **self._queue_options)
+        self._hid = self.queue.register_header(self.session, self._header)
+        self.transport = Transport(self._url, self._secret, **self._transport_options)
+        self.delivery = Delivery(
+            self.queue, self.transport, self.reporter, self.stats_counters,
+            max_batch_events=self._queue_options["chunk_events"],
+            max_batch_bytes=self._queue_options["chunk_bytes"] * 2,
+        )  # fmt: skip
+        self._store_lock = threading.Lock()
+
+    def __repr__(self) -> str:  # never the secret
+        return (
+            f"ClientTracker({self.transport.url!r}, client_id={self.client_id!r}, "
+            f"session={self.session!r}, queue_dir={str(self.queue_dir)!r})"
+        )
+
+    # -- the spec's functions --------------------------------------------------
+
+    def generate_session(self) -> str:
+        """md5hex(sha256hex(device_id) + ":" + client_id + ":" + system_version + ":" + product_version)."""
+        return session_id(self.device_id, self.client_id, self.system_version, self.product_version)
+
+    def load_collections(self) -> list[SessionInfo]:
+        """The unsent events on disk, per session (any session, not only ours)."""
+        return self.queue.sessions()
+
+    def load_number_per_session(self) -> dict[str, int]:
+        """The last ``nr`` given in each session."""
+        return self.queue.last_numbers()
+
+    def load_last_sync_time(self) -> int:
+        """Epoch seconds of the last successful send (or of the queue's creation)."""
+        return self.queue.last_sync()
+
+    def track_event(
+        self,
+        event: str,
+        user_id: int | None = None,
+        params: str | dict[str, Any] | list[Any] | None = None,
+        is_testing: bool = False,
+        ip: str | None = None,
+    ) -> int:
+        """Store one event (on disk before this returns); send if a trigger fires.
+
+        Returns the event's ``nr``. Bad fields raise ``ValueError`` naming the
+        field. Sending failures do not raise: the event stays queued, and
+        the next attempt waits for the backoff.
+        """
+        record = build_event(
+            event, user_id, params, is_testing, ip, time.time(), max_event_bytes=self.max_event_bytes
+        )
+        _, nr = self.store([record])
+        self.send_if_due()
+        return nr
+
+    # -- building blocks (the handler uses these) ------------------------------
+
+    def store(self, events: Sequence[Event]) -> tuple[int, int]:
+        """Number and store validated events in one transaction; return first and last nr."""
+        default_ip = self._ip.get() if self._ip is not None else None
+        with self._store_lock:
+            numbers = self.queue.append(self.session, self._hid, events, default_ip)
+        self.stats_counters.add("queued", len(events))
+        return numbers
+
+    def is_due(self) -> bool:
+        """The spec's triggers: enough unsent events, or the last sync is too old."""
+        pending = self.queue.pending_count()
+        if pending == 0:
+            return False
+        if pending >= self.queue_size:
+            return True
+        return time.time() - self.queue.last_sync() >= self.queue_retention * 60
+
+    def send_if_due(self) -> DrainResult | None:
+        """Send everything pending if a trigger fires (and no backoff is running)."""
+        return self.delivery.drain() if self.is_due() else None
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Send everything pending now; True if nothing is left.
+
+        Stops at the first failure (the events stay on disk) or after
+        ``timeout`` seconds.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        return self.delivery.drain(deadline, force=True).left == 0
+
+    def stats(self) -> dict[str, Any]:
+        """This process's counters (see ``Stats.snapshot``) and the queue's state."""
+        out = self.stats_counters.snapshot()
+        out["pending"] = self.queue.pending_count()
+        out["queue_bytes"] = self.queue.pending_bytes()
+        out["last_sync"] = self.queue.last_sync()
+        return out
+
+    def close(self) -> None:
+        """Close the HTTP session and this thread's database connection."""
+        self.transport.close()
+        self.queue.close()
+
+    def __enter__(self) -> ClientTracker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

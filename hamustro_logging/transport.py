@@ -1,0 +1,139 @@
+"""Sign and POST one collection; say what came back. No storage, no retry logic.
+
+Called by whoever sends (the handler's flusher thread or
+``ClientTracker.flush``); one ``requests.Session`` per ``Transport`` reuses
+connections. A ``Transport`` is used by one thread at a time.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import requests
+
+from .wire import signature
+
+__all__ = ["Answer", "Transport", "track_url"]
+
+TRACK_PATH = "/api/v1/track"
+
+
+def track_url(collector_url: str) -> str:
+    """The collector's base URL with ``/api/v1/track`` appended (once).
+
+    >>> track_url("http://127.0.0.1:8080/"), track_url("http://h/api/v1/track")
+    ('http://127.0.0.1:8080/api/v1/track', 'http://h/api/v1/track')
+    """
+    url = collector_url.rstrip("/")
+    return url if url.endswith(TRACK_PATH) else url + TRACK_PATH
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What one POST got: an HTTP status, or the error that prevented one.
+
+    ``sent`` is False only when the request certainly never reached the
+    collector (the connection was refused); after a timeout or a reset the
+    collector may have stored the batch, so a resend may be a duplicate.
+    """
+
+    status: int | None
+    error: str | None = None
+    retry_after: float | None = None
+    sent: bool = True
+
+    @property
+    def ok(self) -> bool:
+        return self.status == 200
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds from a ``Retry-After`` header (delta-seconds or an HTTP date)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    from email.utils import parsedate_to_datetime
+
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+class Transport:
+    """POSTs signed collections to ``{collector_url}/api/v1/track``.
+
+    ``timeout`` is requests' (connect, read) pair: every request has one.
+    ``verify`` is True (check TLS against the system's CAs), a CA bundle
+    path, or False (never do that outside development).
+    """
+
+    def __init__(
+        self,
+        collector_url: str,
+        shared_secret_key: str,
+        *,
+        timeout: tuple[float, float] = (3.05, 10.0),
+        verify: bool | str = True,
+    ) -> None:
+        self.url = track_url(collector_url)
+        self._secret = shared_secret_key
+        self.timeout = timeout
+        self.verify = verify
+        self._session = requests.Session()
+
+    def __repr__(self) -> str:  # never the secret
+        return f"Transport({self.url!r})"
+
+    def post(self, body: bytes, deadline: float | None = None) -> Answer:
+        """Send one collection; never raises for network trouble.
+
+        ``deadline`` (a ``time.monotonic()`` value) shortens the timeout so
+        the call returns by then, as close() and flush(timeout) need.
+        """
+        timeout = self.timeout
+        if deadline is not None:
+            left = max(0.05, deadline - time.monotonic())
+            timeout = (min(timeout[0], left), min(timeout[1], left))
+        stamp = str(int(time.time()))
+        headers = {
+            "Content-Type": "application/protobuf",
+            "X-Hamustro-Time": stamp,
+            "X-Hamustro-Signature": signature(stamp, body, self._secret),
+        }
+        try:
+            response = self._session.post(
+                self.url, data=body, headers=headers, timeout=timeout, verify=self.verify
+            )
+        except requests.ConnectionError as exc:
+            refused = isinstance(exc, requests.exceptions.ConnectTimeout) or _refused(exc)
+            return Answer(None, f"connection failed: {_short(exc)}", sent=not refused)
+        except requests.Timeout as exc:
+            return Answer(None, f"no answer within {timeout[1]:g} s: {_short(exc)}")
+        except requests.RequestException as exc:
+            return Answer(None, f"request failed: {_short(exc)}")
+        response.close()
+        return Answer(response.status_code, None, _retry_after(response.headers.get("Retry-After")))
+
+    def close(self) -> None:
+        self._session.close()
+
+
+def _refused(exc: BaseException) -> bool:
+    while exc is not None:
+        if isinstance(exc, ConnectionRefusedError):
+            return True
+        text = str(exc)
+        if "Connection refused" in text or "NewConnectionError" in text:
+            return True
+        exc = exc.__context__ or exc.__cause__  # type: ignore[assignment]
+    return False
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text[:300]
