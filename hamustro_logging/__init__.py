@@ -1,1 +1,25 @@
-"""hamustro-logging."""
+"""Send tracking events from Python's standard ``logging`` to a Hamustro collector.
+
+>>> import hamustro_logging
+>>> sorted(hamustro_logging.__all__)[:3]
+['ClientTracker', 'Event', 'EventError']
+"""
+
+from .handler import HamustroHandler
+from .mapping import EventError, build_event, extra_attributes, map_record
+from .tracker import ClientTracker, default_queue_dir
+from .wire import Event
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ClientTracker",
+    "Event",
+    "EventError",
+    "HamustroHandler",
+    "__version__",
+    "build_event",
+    "default_queue_dir",
+    "extra_attributes",
+    "map_record",
+]

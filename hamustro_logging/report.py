@@ -40,7 +40,8 @@ class Reporter:
     def __init__(
         self, secrets: Iterable[str] = (), stream: TextIO | None = None, remind_after: float = 600.0
     ) -> None:
-        self._secrets = [s for s in secrets if s]
+        # Blank out secrets of 4+ characters (a shorter one would blank ordinary words).
+        self._secrets = [s for s in secrets if len(s) >= 4]
         self._stream = stream
         self.remind_after = remind_after
         self._lock = threading.Lock()

@@ -1,0 +1,650 @@
+"""A local Hamustro collector for development and tests; not for production.
+
+It answers ``POST /api/v1/track`` exactly as ``spec/collector.md`` says the
+real collector does, check by check and in the same order, and prints every
+accepted event as one compact JSON line (stdout by default). It stores
+nothing durably, keeps accepted events in memory for tests and can inject
+faults (errors, dropped connections, hangs, slowness) so the client's retry
+logic can be exercised over real HTTP on loopback.
+
+From a shell::
+
+    python -m hamustro_logging.collector --port 8080 --secret dev-secret
+
+From a test::
+
+    with DevCollector(secret="s") as collector:
+        ...  # point a client at collector.url
+        events = collector.wait_for(3)
+
+Which thread calls what: the ``DevCollector`` methods are called from the
+test's (or the CLI's) threads; every connection is served by its own daemon
+thread. All shared state sits behind one lock, ``_lock``; its conditions wake
+``wait_for`` (``_changed``) and ``stop`` (``_idle``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import hmac
+import ipaddress
+import json
+import os
+import signal
+import socket
+import socketserver
+import sys
+import threading
+import time
+from collections.abc import Callable
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import FrameType, TracebackType
+from typing import Any, NamedTuple, TextIO
+
+from google.protobuf.message import DecodeError
+
+from . import payload_pb2, wire
+
+__all__ = ["TRACK_PATH", "DevCollector", "main"]
+
+TRACK_PATH = "/api/v1/track"
+
+_encode_json = json.JSONEncoder(separators=(",", ":")).encode
+
+
+class _Fault(NamedTuple):
+    kind: str  # "fail", "drop", "hang" or "accept_then_drop"
+    status: int = 0
+    retry_after: str | None = None
+    seconds: float = 0.0
+
+
+class _Answer(NamedTuple):
+    status: int
+    error: str = ""
+    events: list[dict[str, Any]] | None = None
+
+
+class _BadRequest(Exception):
+    """The request's framing is broken: answer 400 and close the connection."""
+
+
+class _ClientGone(Exception):
+    """The client closed the connection mid-request: nothing to answer."""
+
+
+def _text(value: str | bytes) -> str:
+    # upb hands back bytes for a proto2 string field holding invalid UTF-8;
+    # the Go collector stores such strings as they are, we store them readable.
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return value
+
+
+def _raw(value: str | bytes) -> bytes:
+    return value if isinstance(value, bytes) else value.encode("utf-8")
+
+
+def _utc(at: int) -> str | None:
+    try:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(at))
+    except (OverflowError, OSError, ValueError):
+        return None  # beyond what the platform's time_t can hold
+
+
+def _header_ip(headers: Any) -> str:
+    """First public (``is_global``) IPv4 in X-Forwarded-For, then X-Real-Ip."""
+    for name in ("X-Forwarded-For", "X-Real-Ip"):
+        for value in headers.get_all(name) or ():
+            for part in value.split(","):
+                try:
+                    address = ipaddress.IPv4Address(part.strip())
+                except ValueError:
+                    continue
+                if address.is_global:
+                    return str(address)
+    return ""
+
+
+class DevCollector:
+    """A Hamustro collector on loopback, for development and tests.
+
+    >>> import io, requests
+    >>> with DevCollector(output=io.StringIO()) as collector:
+    ...     requests.get(collector.url + TRACK_PATH, timeout=5).status_code
+    405
+    """
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        secret: str = "dev-secret",  # noqa: S107 -- a well-known development default
+        output: TextIO | None = None,
+        verbose: bool = False,
+        keep_events: bool = True,
+    ) -> None:
+        self._host = host
+        self._port = port
+        self._secret = secret
+        self._output = output if output is not None else sys.stdout
+        self._verbose = verbose
+        self._keep_events = keep_events
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)  # an event was accepted, or stop
+        self._idle = threading.Condition(self._lock)  # a request finished
+        self._events: list[dict[str, Any]] = []
+        self._accepted = 0
+        self._statuses: collections.Counter[int] = collections.Counter()
+        self._faults: collections.deque[_Fault] = collections.deque()
+        self._delay = 0.0
+        self._stopping = threading.Event()
+        self._stopped = False
+        self._connections: dict[_Handler, bool] = {}  # handler -> busy with a request
+        self._busy = 0
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+        self._url: str | None = None
+
+    # -- life cycle ----------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        """Base URL, ``http://HOST:PORT``, without ``/api/v1/track``."""
+        if self._url is None:
+            raise RuntimeError("DevCollector.url is known once start() has bound the port")
+        return self._url
+
+    def start(self) -> DevCollector:
+        """Bind and serve in a daemon thread; returns self. OSError if the port is taken."""
+        with self._lock:
+            if self._stopped:
+                raise RuntimeError("a stopped DevCollector cannot be started again")
+            if self._server is not None:
+                return self
+            server_class = _Server6 if ":" in self._host else _Server
+            server = server_class((self._host, self._port), _Handler)
+            server.collector = self
+            host, port = server.server_name, server.server_port
+            shown = f"[{host}]" if ":" in host else host
+            self._url = f"http://{shown}:{port}"
+            self._server = server
+            self._thread = threading.Thread(
+                target=server.serve_forever,
+                kwargs={"poll_interval": 0.05},
+                name=f"hamustro-dev-collector-{port}",
+                daemon=True,
+            )
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and close the socket; idempotent.
+
+        Requests in progress (hanging, delayed) wake up and answer 503; idle
+        keep-alive connections are closed, so a client sees a dead collector.
+        """
+        with self._lock:
+            if self._stopped:
+                return
+            self._stopped = True
+            self._stopping.set()
+            self._changed.notify_all()
+            server, thread = self._server, self._thread
+        if server is None:
+            return
+        server.shutdown()
+        with self._lock:
+            idle = [h.connection for h, busy in self._connections.items() if not busy]
+        for sock in idle:
+            with contextlib.suppress(OSError):  # already closed by the client
+                sock.shutdown(socket.SHUT_RDWR)
+        with self._lock:
+            self._idle.wait_for(lambda: self._busy == 0, timeout=5.0)
+        server.server_close()
+        if thread is not None:
+            thread.join(timeout=5.0)
+
+    def __enter__(self) -> DevCollector:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # -- what happened -------------------------------------------------------
+
+    def events(self) -> list[dict[str, Any]]:
+        """Snapshot of the accepted events (empty when ``keep_events`` is False)."""
+        with self._lock:
+            return list(self._events)
+
+    def wait_for(self, count: int, timeout: float = 10.0) -> list[dict[str, Any]]:
+        """Block until at least ``count`` events were accepted; return a snapshot.
+
+        Raises AssertionError after ``timeout`` seconds, or at once if the
+        collector is stopped with fewer events.
+        """
+        with self._lock:
+            done = self._changed.wait_for(
+                lambda: self._accepted >= count or self._stopped, timeout=timeout
+            )
+            if not done or self._accepted < count:
+                why = "the collector was stopped" if self._stopped else f"after {timeout:g}s"
+                raise AssertionError(
+                    f"DevCollector: expected at least {count} accepted events, "
+                    f"got {self._accepted} ({why}); answers so far: {dict(self._statuses)}"
+                )
+            return list(self._events)
+
+    def answered(self) -> dict[int, int]:
+        """Snapshot of the answers given, status code -> count (dropped ones not included)."""
+        with self._lock:
+            return dict(self._statuses)
+
+    # -- fault injection -----------------------------------------------------
+
+    def fail_next(self, n: int = 1, status: int = 500, retry_after: str | None = None) -> None:
+        """Answer the next ``n`` track POSTs with ``status`` and store nothing."""
+        if not 100 <= status <= 599:
+            raise ValueError(f"status must be an HTTP status code, got {status}")
+        self._add_faults(n, _Fault("fail", status=status, retry_after=retry_after))
+
+    def drop_next(self, n: int = 1) -> None:
+        """Read the next ``n`` track POSTs, then close the connection unanswered."""
+        self._add_faults(n, _Fault("drop"))
+
+    def hang_next(self, n: int = 1, seconds: float = 30.0) -> None:
+        """Read the next ``n`` track POSTs, wait ``seconds`` (cut short by stop()), answer."""
+        self._add_faults(n, _Fault("hang", seconds=seconds))
+
+    def accept_then_drop_next(self, n: int = 1) -> None:
+        """Store the next ``n`` valid track POSTs as for 200, but close without answering.
+
+        A request that fails a check is answered as usual (there is nothing to store).
+        """
+        self._add_faults(n, _Fault("accept_then_drop"))
+
+    def set_delay(self, seconds: float) -> None:
+        """Make every answer wait ``seconds`` first (a slow collector); 0 turns it off."""
+        with self._lock:
+            self._delay = max(0.0, seconds)
+
+    def _add_faults(self, n: int, fault: _Fault) -> None:
+        if n < 0:
+            raise ValueError(f"n must be >= 0, got {n}")
+        with self._lock:
+            self._faults.extend([fault] * n)
+
+    # -- called from the connection threads ----------------------------------
+
+    def _next_fault(self) -> _Fault | None:
+        with self._lock:
+            return self._faults.popleft() if self._faults else None
+
+    def _track(self, handler: _Handler, open_: bool) -> None:
+        with self._lock:
+            if open_:
+                self._connections[handler] = False
+            else:
+                self._connections.pop(handler, None)
+
+    def _set_busy(self, handler: _Handler, busy: bool) -> None:
+        with self._lock:
+            self._connections[handler] = busy
+            self._busy += 1 if busy else -1
+            if not busy:
+                self._idle.notify_all()
+
+    def _count(self, status: int) -> None:
+        with self._lock:
+            self._statuses[status] += 1
+
+    def _check(self, headers: Any, body: bytes) -> _Answer:
+        """The collector's checks, in the collector's order (collector.md)."""
+        time_header = headers.get("X-Hamustro-Time")
+        if not time_header:
+            return _Answer(405, "X-Hamustro-Time header is missing")
+        sent_signature = headers.get("X-Hamustro-Signature")
+        if not sent_signature:
+            return _Answer(405, "X-Hamustro-Signature header is missing")
+        expected = wire.signature(time_header, body, self._secret)
+        if not hmac.compare_digest(
+            sent_signature.encode("latin-1", "replace"), expected.encode("ascii")
+        ):
+            return _Answer(405, "X-Hamustro-Signature header is invalid")
+        content_type = headers.get("Content-Type", "")
+        if content_type.split(";", 1)[0].strip().lower() != "application/protobuf":
+            return _Answer(400, "Unsupported or missing Content-Type")
+        collection = payload_pb2.Collection()
+        try:
+            collection.ParseFromString(body)
+        except DecodeError as exc:
+            return _Answer(400, f"Unmarshaling protobuf is failed: {exc}")
+        if not collection.IsInitialized():
+            # FindInitializationErrors exists at run time but not in the stubs.
+            find_missing: Callable[[], list[str]] = getattr(
+                collection, "FindInitializationErrors", list
+            )
+            missing = ", ".join(find_missing())
+            return _Answer(
+                400, f"Unmarshaling protobuf is failed: required field not set: {missing}"
+            )
+        device_id, client_id = collection.device_id, collection.client_id
+        system_version, product_version = collection.system_version, collection.product_version
+        session = collection.session
+        fields = (device_id, client_id, system_version, product_version, session)
+        if all(isinstance(f, str) for f in fields):
+            expected_session = wire.session_id(
+                device_id, client_id, system_version, product_version
+            )
+            session_ok = session == expected_session
+        else:  # invalid UTF-8 somewhere: hash the bytes as sent, as Go does
+            joined = b":".join(_raw(f) for f in fields[:4])
+            session_ok = _raw(session) == wire.md5hex(joined).encode()
+        if not session_ok:
+            return _Answer(400, "Collection's session attribute is invalid")
+        payloads = collection.payloads
+        if not payloads:
+            return _Answer(204)
+        has = collection.HasField
+        base: dict[str, Any] = {
+            "session": _text(session),
+            "device_id": _text(device_id),
+            "client_id": _text(client_id),
+            "system_version": _text(system_version),
+            "product_version": _text(product_version),
+            "system": _text(collection.system) if has("system") else None,
+            "product_git_hash": _text(collection.product_git_hash)
+            if has("product_git_hash")
+            else None,
+        }
+        fill_ip: str | None = None
+        utc_cache: dict[int, str | None] = {}
+        events = []
+        for payload in payloads:
+            at = payload.at
+            at_utc = utc_cache.get(at, "")
+            if at_utc == "":
+                at_utc = utc_cache[at] = _utc(at)
+            ip = payload.ip
+            if not ip:
+                if fill_ip is None:
+                    fill_ip = _header_ip(headers)
+                ip = fill_ip
+            has = payload.HasField
+            event = base.copy()
+            event["at"] = at
+            event["at_utc"] = at_utc
+            event["event"] = _text(payload.event)
+            event["nr"] = payload.nr
+            event["user_id"] = payload.user_id if has("user_id") else None
+            event["ip"] = _text(ip)
+            event["parameters"] = _text(payload.parameters) if has("parameters") else None
+            event["is_testing"] = payload.is_testing
+            events.append(event)
+        return _Answer(200, events=events)
+
+    def _store(self, events: list[dict[str, Any]], answered: bool) -> int:
+        """Print and keep accepted events; the status to answer (200, 500 or 503)."""
+        text = "\n".join([_encode_json(event) for event in events]) + "\n"
+        with self._lock:
+            # Checked under the lock stop() takes: once stop() returns, nothing more is stored.
+            if self._stopping.is_set():
+                return HTTPStatus.SERVICE_UNAVAILABLE
+            try:
+                self._output.write(text)
+                self._output.flush()
+            except (OSError, ValueError):
+                return HTTPStatus.INTERNAL_SERVER_ERROR
+            if self._keep_events:
+                self._events.extend(events)
+            self._accepted += len(events)
+            if answered:
+                self._statuses[200] += 1
+            self._changed.notify_all()
+        return HTTPStatus.OK
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 128
+    collector: DevCollector
+
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind would call socket.getfqdn(), a DNS lookup
+        # that can take seconds; the name is never used here.
+        socketserver.TCPServer.server_bind(self)
+        host, port = self.socket.getsockname()[:2]
+        self.server_name = str(host)
+        self.server_port = int(port)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that goes away mid-request is routine here (timeouts, drops).
+        if self.collector._verbose:
+            super().handle_error(request, client_address)
+
+
+class _Server6(_Server):
+    address_family = socket.AF_INET6
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
+    server: _Server
+
+    def setup(self) -> None:
+        super().setup()
+        self.server.collector._track(self, True)
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            self.server.collector._track(self, False)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        if self.server.collector._verbose:
+            super().log_message(format, *args)
+
+    def do_POST(self) -> None:
+        self._serve(is_post=True)
+
+    def do_GET(self) -> None:
+        self._serve(is_post=False)
+
+    do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = do_GET
+
+    def _serve(self, is_post: bool) -> None:
+        collector = self.server.collector
+        collector._set_busy(self, True)
+        try:
+            self._serve_busy(collector, is_post)
+        finally:
+            collector._set_busy(self, False)
+
+    def _serve_busy(self, collector: DevCollector, is_post: bool) -> None:
+        # The whole body is read before any answer, so keep-alive stays in step.
+        try:
+            body = self._read_body()
+        except _BadRequest as exc:
+            self.close_connection = True
+            self._answer(400, str(exc))
+            return
+        except (_ClientGone, OSError):
+            self.close_connection = True
+            return
+        is_track = self.path.split("?", 1)[0] == TRACK_PATH
+        fault = collector._next_fault() if is_post and is_track else None
+        if fault is not None and fault.kind == "drop":
+            self.close_connection = True
+            return
+        wait = collector._delay + (fault.seconds if fault is not None else 0.0)
+        if wait > 0:
+            collector._stopping.wait(wait)
+        if not is_track:
+            self._answer(404, "404 page not found")
+        elif collector._stopping.is_set():
+            self.close_connection = True
+            self._answer(503, "Server is currently shutting down")
+        elif not is_post:
+            self._answer(405, "Sending method is not POST")
+        elif fault is not None and fault.kind == "fail":
+            self._answer(fault.status, "injected failure", retry_after=fault.retry_after)
+        else:
+            answer = collector._check(self.headers, body)
+            if answer.status != 200:
+                self._answer(answer.status, answer.error)
+                return
+            drop = fault is not None and fault.kind == "accept_then_drop"
+            status = collector._store(answer.events or [], answered=not drop)
+            if status == 200 and drop:
+                self.close_connection = True
+            elif status == 200:
+                self._answer(200, counted=True)
+            else:
+                self.close_connection = status == 503
+                self._answer(status, "cannot accept events now")
+
+    def _read_body(self) -> bytes:
+        encoding = self.headers.get("Transfer-Encoding", "")
+        if "chunked" in encoding.lower():
+            return self._read_chunked()
+        length_header = self.headers.get("Content-Length")
+        if length_header is None:
+            return b""
+        try:
+            length = int(length_header)
+        except ValueError:
+            raise _BadRequest(f"invalid Content-Length {length_header!r}") from None
+        if length < 0:
+            raise _BadRequest(f"invalid Content-Length {length_header!r}")
+        body = self.rfile.read(length)
+        if len(body) < length:
+            raise _ClientGone
+        return body
+
+    def _read_chunked(self) -> bytes:
+        parts: list[bytes] = []
+        while True:
+            line = self.rfile.readline(65537)
+            if not line:
+                raise _ClientGone
+            try:
+                size = int(line.split(b";", 1)[0].strip(), 16)
+            except ValueError:
+                raise _BadRequest("invalid chunk size") from None
+            if size == 0:
+                while self.rfile.readline(65537) not in (b"\r\n", b"\n", b""):
+                    pass  # trailers are ignored
+                return b"".join(parts)
+            chunk = self.rfile.read(size)
+            if len(chunk) < size:
+                raise _ClientGone
+            parts.append(chunk)
+            self.rfile.readline(65537)  # the CRLF after the chunk
+
+    def _answer(
+        self,
+        status: int,
+        error: str = "",
+        retry_after: str | None = None,
+        counted: bool = False,
+    ) -> None:
+        collector = self.server.collector
+        body = b""
+        head = [f"HTTP/1.1 {status} {_phrase(status)}"]
+        if collector._verbose and error and status >= 400:
+            body = _encode_json({"error": error}).encode()
+            head.append("Content-Type: application/json")
+        if retry_after is not None:
+            head.append(f"Retry-After: {retry_after}")
+        if self.close_connection:
+            head.append("Connection: close")
+        if status >= 200 and status not in (204, 304):
+            head.append(f"Content-Length: {len(body)}")
+        if not counted:
+            collector._count(status)
+        if collector._verbose:
+            self.log_request(status, len(body))
+        try:
+            self.wfile.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body)
+        except OSError:
+            self.close_connection = True  # the client gave up waiting
+
+
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Unknown"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the development collector until SIGINT or SIGTERM."""
+    parser = argparse.ArgumentParser(
+        prog="python -m hamustro_logging.collector",
+        description="Local Hamustro collector for development and tests (not for production). "
+        "Prints every accepted event as one JSON line.",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    parser.add_argument(
+        "--port", type=int, default=8080, help="port to bind; 0 picks a free one (default 8080)"
+    )
+    parser.add_argument(
+        "--secret",
+        default=os.environ.get("HAMUSTRO_SHARED_SECRET_KEY") or "dev-secret",
+        help="shared secret key (default: $HAMUSTRO_SHARED_SECRET_KEY, else dev-secret)",
+    )
+    parser.add_argument("--output", metavar="FILE", help="append events to FILE (default stdout)")
+    parser.add_argument(
+        "--verbose", action="store_true", help='log requests; {"error": ...} bodies on errors'
+    )
+    args = parser.parse_args(argv)
+
+    output: TextIO = sys.stdout
+    if args.output is not None:
+        output = open(args.output, "a", encoding="utf-8")  # noqa: SIM115 -- closed in finally
+    stop_requested = False
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        nonlocal stop_requested
+        stop_requested = True  # only a flag: no lock may be taken inside a signal handler
+
+    collector = DevCollector(args.host, args.port, args.secret, output, args.verbose, False)
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        try:
+            collector.start()
+        except OSError as exc:
+            print(
+                f"hamustro dev collector: cannot listen on {args.host}:{args.port}: {exc}",
+                file=sys.stderr,
+            )
+            return 1
+        print(
+            f"hamustro dev collector listening on {collector.url}{TRACK_PATH}",
+            file=sys.stderr,
+            flush=True,
+        )
+        while not stop_requested:
+            time.sleep(0.1)
+        return 0
+    finally:
+        collector.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if output is not sys.stdout:
+            output.close()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,226 @@
+"""``HamustroHandler``: a ``logging.Handler`` that turns event records into tracked events.
+
+``emit`` only filters, maps and hands over (no network I/O, and no disk I/O
+unless ``durable=True``); the handler's :class:`~hamustro_logging.flusher.Flusher`
+threads write and send. Records without an ``event`` attribute are ignored,
+so the handler can sit on the root logger of an existing application.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import weakref
+from collections.abc import Sequence
+from typing import Any
+
+from .flusher import Flusher
+from .mapping import DEFAULT_MAX_EVENT_BYTES, EventError, map_record
+from .tracker import ClientTracker
+from .wire import Event
+
+__all__ = ["HamustroHandler"]
+
+#: Loggers whose records never become events, so nothing can loop back: the
+#: library's own, and the HTTP stack it sends with.
+_NEVER_FROM = frozenset({"hamustro_logging", "urllib3", "requests"})
+
+#: Every live handler, so a forked child can give each its own threads and
+#: connections (weak: a handler that is garbage is not kept alive by this).
+_HANDLERS: weakref.WeakSet[HamustroHandler] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for handler in list(_HANDLERS):
+        handler._reopen_after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class HamustroHandler(logging.Handler):
+    """Send records that carry an ``event`` attribute to a Hamustro collector.
+
+    Takes ``ClientTracker``'s arguments, all as keywords (so it works from
+    ``logging.config.dictConfig``), plus:
+
+    * ``is_testing`` (False): the default ``is_testing`` of events;
+    * ``durable`` (False): store each event on disk before ``emit`` returns
+      (one SQLite transaction per event on the caller's thread) instead of
+      buffering it for the spool thread;
+    * ``close_timeout`` (5 s): how long ``close()`` (and ``flush()`` without
+      a timeout) may take; what is not sent by then stays on disk;
+    * ``max_buffer`` (100,000): events buffered in memory at most while the
+      disk cannot keep up or cannot be written; beyond it new events are
+      dropped, counted and reported.
+
+    >>> import logging, tempfile
+    >>> handler = HamustroHandler(
+    ...     collector_url="http://127.0.0.1:9", shared_secret_key="secret",
+    ...     device_id="device-1", client_id="client-1", system_version="1",
+    ...     product_version="1.0.0", queue_dir=tempfile.mkdtemp())
+    >>> log = logging.getLogger("doctest.shop")
+    >>> log.addHandler(handler); log.propagate = False
+    >>> log.warning("order placed", extra={"event": "order_placed", "user_id": 7})
+    >>> log.warning("a plain line, ignored by this handler")
+    >>> handler.flush(timeout=0)  # nothing listens on port 9: kept on disk
+    False
+    >>> handler.stats()["pending"]
+    1
+    >>> log.removeHandler(handler); handler.close()
+    """
+
+    def __init__(
+        self,
+        collector_url: str,
+        shared_secret_key: str,
+        device_id: str,
+        client_id: str,
+        system_version: str,
+        product_version: str,
+        system: str | None = None,
+        product_git_hash: str | None = None,
+        queue_size: int = 20,
+        queue_retention: float = 1440,
+        queue_dir: str | os.PathLike[str] | None = None,
+        *,
+        level: int | str = logging.NOTSET,
+        is_testing: bool = False,
+        durable: bool = False,
+        close_timeout: float = 5.0,
+        max_buffer: int = 100_000,
+        detect_ip: bool = True,
+        timeout: float | Sequence[float] = (3.05, 10.0),
+        verify: bool | str = True,
+        max_batch_events: int = 500,
+        max_batch_bytes: int = 512 * 1024,
+        max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+    ) -> None:
+        super().__init__(level)
+        for name, value in (("is_testing", is_testing), ("durable", durable)):
+            if not isinstance(value, bool):
+                raise TypeError(f"{name} must be bool, got {type(value).__name__}")
+        if isinstance(close_timeout, bool) or not isinstance(close_timeout, (int, float)) or close_timeout < 0:
+            raise ValueError(f"close_timeout must be seconds >= 0, got {close_timeout!r}")
+        if isinstance(max_buffer, bool) or not isinstance(max_buffer, int) or max_buffer < 1:
+            raise ValueError(f"max_buffer must be an int >= 1, got {max_buffer!r}")
+        self.tracker = ClientTracker(
+            collector_url, shared_secret_key, device_id, client_id, system_version,
+            product_version, system, product_git_hash, queue_size, queue_retention, queue_dir,
+            detect_ip=detect_ip, timeout=timeout, verify=verify, max_batch_events=max_batch_events,
+            max_batch_bytes=max_batch_bytes, max_event_bytes=max_event_bytes,
+        )  # fmt: skip
+        self.is_testing = is_testing
+        self.durable = durable
+        self.close_timeout = float(close_timeout)
+        self.max_buffer = max_buffer
+        self.max_event_bytes = max_event_bytes
+        self._closed = False
+        self._flusher = Flusher(self.tracker, max_buffer, name=f"hamustro-{id(self):x}")
+        self._flusher.start()
+        _HANDLERS.add(self)
+
+    # -- the stdlib handler contract --------------------------------------------
+
+    def map_record(self, record: logging.LogRecord) -> Event | None:
+        """Turn a record into an event, or ``None`` to ignore the record.
+
+        Override it to change the mapping, for example to take the event name
+        from another attribute or to send every ``extra`` attribute as params
+        (see :func:`hamustro_logging.extra_attributes`); build the event with
+        :func:`hamustro_logging.build_event`, which checks every field. Runs
+        on the logging thread, under the handler's lock; raise
+        :class:`~hamustro_logging.EventError` for a bad field.
+        """
+        return map_record(record, self.is_testing, self.max_event_bytes)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Map the record and hand it to the spool thread; never raises, never does network I/O."""
+        try:
+            if record.name.partition(".")[0] in _NEVER_FROM:
+                return
+            event = self.map_record(record)
+            if event is None:
+                return
+            if self.durable or self._closed:  # after close(): no threads, store directly
+                self._flusher.store_now(event)
+            else:
+                self._flusher.put(event)
+        except Exception:
+            self.handleError(record)
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - stdlib name
+        """Say in one line on stderr why a record was not queued, and count it.
+
+        A bad field gives ``hamustro-logging: event from logger 'app' not
+        queued: hamustro event field 'user_id': expected int, got str``.
+        """
+        exc = sys.exc_info()[1]
+        reason = "invalid" if isinstance(exc, EventError) else "error"
+        self.tracker.stats_counters.drop(reason)
+        what = str(exc) if isinstance(exc, EventError) else f"{type(exc).__name__}: {exc}"
+        self.tracker.reporter.once(f"event from logger {record.name!r} not queued: {what}")
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Send everything now; True if nothing is left unsent.
+
+        Waits at most ``timeout`` seconds (``close_timeout`` when None, so
+        ``logging.shutdown()`` cannot hang on a dead collector).
+        """
+        if self._closed:
+            return False
+        return self._flusher.flush(self.close_timeout if timeout is None else timeout)
+
+    def close(self) -> None:
+        """Stop the threads after one last attempt of at most ``close_timeout`` seconds.
+
+        What is not sent stays on disk and goes out after the next start.
+        """
+        if not self._closed:
+            self._closed = True
+            _HANDLERS.discard(self)
+            finished = self._flusher.stop(self.close_timeout)
+            if self._flusher.buffer:
+                self.tracker.stats_counters.drop("closed", len(self._flusher.buffer))
+                self.tracker.reporter.once(
+                    f"{len(self._flusher.buffer)} events could not be written to disk before close"
+                )
+            if finished:
+                self.tracker.close()
+        super().close()
+
+    # -- more --------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        """Counters of this handler (see ``Stats.snapshot``) and the queue's state.
+
+        ``buffered`` is the number of events waiting in memory for the spool thread.
+        """
+        out = self.tracker.stats()
+        out["buffered"] = len(self._flusher.buffer)
+        return out
+
+    def _reopen_after_fork(self) -> None:
+        """In a forked child: own connections, own threads, an empty buffer.
+
+        The parent's buffered events are the parent's to write; the child
+        starts with none. The parent's SQLite connection and HTTP sockets are
+        left untouched (never closed here, which could disturb the parent).
+        """
+        if self._closed:
+            return
+        _INHERITED.append((self.tracker.queue, self.tracker.transport))
+        self.tracker._open()
+        self._flusher = Flusher(self.tracker, self.max_buffer, name=f"hamustro-{id(self):x}")
+        self._flusher.start()
+
+    def __repr__(self) -> str:
+        level = logging.getLevelName(self.level)
+        return f"<{type(self).__name__} {self.tracker.transport.url} ({level})>"
+
+
+#: Connections a forked child inherited: kept referenced so they are never
+#: closed (or garbage-collected) in the child.
+_INHERITED: list[object] = []

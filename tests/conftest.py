@@ -1,0 +1,39 @@
+"""Shared fixtures: a clean root logger for every test, a running dev collector."""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Iterator
+
+import pytest
+
+from hamustro_logging.collector import DevCollector
+
+TEST_SECRET = "test-secret"
+
+
+@pytest.fixture(autouse=True)
+def _restore_root_logger() -> Iterator[None]:
+    """Undo whatever a test did to the root logger (as structlog's conftest does)."""
+    root = logging.getLogger()
+    handlers = list(root.handlers)
+    level = root.level
+    raise_exceptions = logging.raiseExceptions
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    logging.raiseExceptions = raise_exceptions
+
+
+@pytest.fixture
+def secret() -> str:
+    """The shared secret the ``collector`` fixture checks signatures with."""
+    return TEST_SECRET
+
+
+@pytest.fixture
+def collector() -> Iterator[DevCollector]:
+    """A started development collector on loopback; events also go to a StringIO."""
+    with DevCollector(secret=TEST_SECRET, output=io.StringIO()) as running:
+        yield running
