@@ -65,7 +65,9 @@ class _Fault(NamedTuple):
 class _Answer(NamedTuple):
     status: int
     error: str = ""
-    events: list[dict[str, Any]] | None = None
+    events: list[dict[str, Any]] | None = None  # None unless keep_events
+    text: str = ""  # the JSON lines to print, each ending with a newline
+    n_events: int = 0
 
 
 class _BadRequest(Exception):
@@ -366,9 +368,14 @@ class DevCollector:
             if has("product_git_hash")
             else None,
         }
+        # The collection's fields are encoded once per request: each line is
+        # that prefix plus the payload's own fields.
+        prefix = _encode_json(base)[:-1] + ","
+        keep = self._keep_events
         fill_ip: str | None = None
         utc_cache: dict[int, str | None] = {}
         events = []
+        lines = []
         for payload in payloads:
             at = payload.at
             at_utc = utc_cache.get(at, "")
@@ -380,33 +387,36 @@ class DevCollector:
                     fill_ip = _header_ip(headers)
                 ip = fill_ip
             has = payload.HasField
-            event = base.copy()
-            event["at"] = at
-            event["at_utc"] = at_utc
-            event["event"] = _text(payload.event)
-            event["nr"] = payload.nr
-            event["user_id"] = payload.user_id if has("user_id") else None
-            event["ip"] = _text(ip)
-            event["parameters"] = _text(payload.parameters) if has("parameters") else None
-            event["is_testing"] = payload.is_testing
-            events.append(event)
-        return _Answer(200, events=events)
+            part = {
+                "at": at,
+                "at_utc": at_utc,
+                "event": _text(payload.event),
+                "nr": payload.nr,
+                "user_id": payload.user_id if has("user_id") else None,
+                "ip": _text(ip),
+                "parameters": _text(payload.parameters) if has("parameters") else None,
+                "is_testing": payload.is_testing,
+            }
+            lines.append(prefix + _encode_json(part)[1:])
+            if keep:
+                events.append(base | part)
+        lines.append("")  # the last line's newline
+        return _Answer(200, events=events, text="\n".join(lines), n_events=len(payloads))
 
-    def _store(self, events: list[dict[str, Any]], answered: bool) -> int:
+    def _store(self, answer: _Answer, answered: bool) -> int:
         """Print and keep accepted events; the status to answer (200, 500 or 503)."""
-        text = "\n".join([_encode_json(event) for event in events]) + "\n"
         with self._lock:
             # Checked under the lock stop() takes: once stop() returns, nothing more is stored.
             if self._stopping.is_set():
                 return HTTPStatus.SERVICE_UNAVAILABLE
             try:
-                self._output.write(text)
+                self._output.write(answer.text)
                 self._output.flush()
             except (OSError, ValueError):
                 return HTTPStatus.INTERNAL_SERVER_ERROR
-            if self._keep_events:
-                self._events.extend(events)
-            self._accepted += len(events)
+            if answer.events:
+                self._events.extend(answer.events)
+            self._accepted += answer.n_events
             if answered:
                 self._statuses[200] += 1
             self._changed.notify_all()
@@ -505,7 +515,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self._answer(answer.status, answer.error)
                 return
             drop = fault is not None and fault.kind == "accept_then_drop"
-            status = collector._store(answer.events or [], answered=not drop)
+            status = collector._store(answer, answered=not drop)
             if status == 200 and drop:
                 self.close_connection = True
             elif status == 200:

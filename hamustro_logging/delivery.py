@@ -47,6 +47,7 @@ class Delivery:
         *,
         max_batch_events: int = 500,
         max_batch_bytes: int = 512 * 1024,
+        backoff: Backoff | None = None,
     ) -> None:
         self.queue = queue
         self.transport = transport
@@ -54,7 +55,7 @@ class Delivery:
         self.stats = stats
         self.max_batch_events = max_batch_events
         self.max_batch_bytes = max_batch_bytes
-        self.backoff = Backoff()
+        self.backoff = backoff if backoff is not None else Backoff()
         self.owner = new_owner()
         connect, read = transport.timeout
         # A lease outlives any request of ours (connect + read, twice, plus a

@@ -22,6 +22,7 @@ from .delivery import Delivery, DrainResult
 from .mapping import DEFAULT_MAX_EVENT_BYTES, build_event
 from .queue import Queue, SessionInfo
 from .report import Reporter
+from .retry import Backoff
 from .stats import Stats
 from .transport import Transport
 from .wire import Event, collection_header, md5hex, session_id, sha256hex
@@ -148,6 +149,8 @@ class ClientTracker:
         max_batch_events: int = 500,
         max_batch_bytes: int = 512 * 1024,
         max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+        backoff_base: float = 1.0,
+        backoff_cap: float = 300.0,
     ) -> None:
         url = _required("collector_url", collector_url)
         if urlsplit(url).scheme not in ("http", "https"):
@@ -179,6 +182,10 @@ class ClientTracker:
         )  # fmt: skip
         self._transport_options: dict[str, Any] = {"timeout": _timeout(timeout), "verify": verify}
         self._url = url
+        self._backoff = Backoff(
+            base=_positive("backoff_base", backoff_base, float),
+            cap=_positive("backoff_cap", backoff_cap, float),
+        )
         self._secret = secret
         self._ip = _IpFinder(url) if detect_ip else None
         self.stats_counters = Stats()
@@ -193,7 +200,7 @@ class ClientTracker:
         self.delivery = Delivery(
             self.queue, self.transport, self.reporter, self.stats_counters,
             max_batch_events=self._queue_options["chunk_events"],
-            max_batch_bytes=self._queue_options["chunk_bytes"] * 2,
+            max_batch_bytes=self._queue_options["chunk_bytes"] * 2, backoff=self._backoff,
         )  # fmt: skip
         self._store_lock = threading.Lock()
 

@@ -10,7 +10,7 @@ import pytest
 
 from hamustro_logging.collector import DevCollector
 
-TEST_SECRET = "test-secret"
+TEST_SECRET = "test-secret"  # noqa: S105 -- a test fixture, not a credential
 
 
 @pytest.fixture(autouse=True)

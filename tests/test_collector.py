@@ -30,7 +30,7 @@ VECTOR_HEX = (
     "726f227d3801"
 )
 VECTOR_TIME = "1454514088"
-VECTOR_SECRET = "ultrasafesecret"
+VECTOR_SECRET = "ultrasafesecret"  # noqa: S105 -- the published test vector's secret
 VECTOR_SIGNATURE = "tKrfo9YBbqqMhsV5ofw21ji4ZamplA7AW5IWtI2/UH8="
 
 DEVICE_ID = wire.sha256hex("device-1")
@@ -515,17 +515,25 @@ def test_url_needs_start(secret: str) -> None:
 # -- the command line -----------------------------------------------------------------
 
 
-def test_command_line_collector_runs_until_sigterm(tmp_path: Path) -> None:
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
+def test_command_line_collector_runs_until_signalled(tmp_path: Path, stop_signal: int) -> None:
     events_file = tmp_path / "events.jsonl"
-    env = {k: v for k, v in os.environ.items() if k != "HAMUSTRO_SHARED_SECRET_KEY"}
-    env["HAMUSTRO_SHARED_SECRET_KEY"] = VECTOR_SECRET
+    command = [
+        sys.executable,
+        "-m",
+        "hamustro_logging.collector",
+        "--port",
+        "0",
+        "--output",
+        str(events_file),
+    ]
+    env = {
+        **os.environ,
+        "HAMUSTRO_SHARED_SECRET_KEY": VECTOR_SECRET,  # the default for --secret
+        "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+    }
     process = subprocess.Popen(
-        [sys.executable, "-m", "hamustro_logging.collector", "--port", "0"]
-        + ["--output", str(events_file)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        cwd=tmp_path,
-        env={**env, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path, env=env
     )
     try:
         assert process.stderr is not None
@@ -543,7 +551,7 @@ def test_command_line_collector_runs_until_sigterm(tmp_path: Path) -> None:
         response = requests.post(url, data=bytes.fromhex(VECTOR_HEX), headers=headers, timeout=10)
         assert response.status_code == 200
         assert json.loads(events_file.read_text()) == EXPECTED_VECTOR_EVENT
-        process.send_signal(signal.SIGTERM)
+        process.send_signal(stop_signal)
         stdout, stderr = process.communicate(timeout=5)
     finally:
         if process.poll() is None:

@@ -1,0 +1,42 @@
+"""Helpers shared by the tests (not fixtures: plain functions)."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import Any
+
+from hamustro_logging.collector import DevCollector
+
+TEST_SECRET = "test-secret"  # noqa: S105 -- a test fixture, not a credential
+
+
+def tracker_config(collector: DevCollector | str, queue_dir: Path, **overrides: Any) -> dict[str, Any]:
+    """Keyword arguments for ClientTracker / HamustroHandler against ``collector``."""
+    url = collector if isinstance(collector, str) else collector.url
+    config: dict[str, Any] = {
+        "collector_url": url,
+        "shared_secret_key": TEST_SECRET,
+        "device_id": "device-1",
+        "client_id": "client-1",
+        "system_version": "OS X 10.11",
+        "product_version": "1.0.0",
+        "queue_dir": str(queue_dir),
+        "backoff_base": 0.05,
+        "backoff_cap": 0.5,
+    }
+    config.update(overrides)
+    return config
+
+
+def dead_url() -> str:
+    """The URL of a loopback port that nothing listens on."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+def numbers(events: list[dict[str, Any]]) -> list[tuple[str, int]]:
+    """The (session, nr) of each received event, sorted."""
+    return sorted((e["session"], e["nr"]) for e in events)
