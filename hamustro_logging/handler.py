@@ -104,7 +104,11 @@ class HamustroHandler(logging.Handler):
         for name, value in (("is_testing", is_testing), ("durable", durable)):
             if not isinstance(value, bool):
                 raise TypeError(f"{name} must be bool, got {type(value).__name__}")
-        if isinstance(close_timeout, bool) or not isinstance(close_timeout, (int, float)) or close_timeout < 0:
+        if (
+            isinstance(close_timeout, bool)
+            or not isinstance(close_timeout, (int, float))
+            or close_timeout < 0
+        ):
             raise ValueError(f"close_timeout must be seconds >= 0, got {close_timeout!r}")
         if isinstance(max_buffer, bool) or not isinstance(max_buffer, int) or max_buffer < 1:
             raise ValueError(f"max_buffer must be an int >= 1, got {max_buffer!r}")
@@ -154,7 +158,7 @@ class HamustroHandler(logging.Handler):
         except Exception:
             self.handleError(record)
 
-    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - stdlib name
+    def handleError(self, record: logging.LogRecord) -> None:
         """Say in one line on stderr why a record was not queued, and count it.
 
         A bad field gives ``hamustro-logging: event from logger 'app' not
@@ -166,7 +170,8 @@ class HamustroHandler(logging.Handler):
         what = str(exc) if isinstance(exc, EventError) else f"{type(exc).__name__}: {exc}"
         self.tracker.reporter.once(f"event from logger {record.name!r} not queued: {what}")
 
-    def flush(self, timeout: float | None = None) -> bool:
+    # The stdlib's flush returns None; this one says whether everything was sent.
+    def flush(self, timeout: float | None = None) -> bool:  # type: ignore[override]
         """Send everything now; True if nothing is left unsent.
 
         Waits at most ``timeout`` seconds (``close_timeout`` when None, so

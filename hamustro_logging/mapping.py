@@ -6,8 +6,9 @@ field is reported where it was logged, with the field named.
 >>> import logging
 >>> record = logging.makeLogRecord({"event": "order_placed", "user_id": 7,
 ...                                 "params": {"total": 12}, "created": 1454514088.5})
->>> map_record(record)
-Event(at=1454514088, event=b'order_placed', user_id=7, ip=None, params=b'{"total":12}', is_testing=False)
+>>> map_record(record)  # doctest: +NORMALIZE_WHITESPACE
+Event(at=1454514088, event=b'order_placed', user_id=7, ip=None,
+      params=b'{"total":12}', is_testing=False)
 >>> map_record(logging.makeLogRecord({"msg": "plain log line"})) is None
 True
 """
@@ -68,7 +69,9 @@ def _params_bytes(params: object) -> bytes | None:
         try:
             text = json.dumps(params, separators=(",", ":"), ensure_ascii=False, default=str)
         except (TypeError, ValueError) as exc:  # non-str keys, circular references
-            raise EventError("params", f"{_type_name(params)} cannot be JSON-encoded: {exc}") from None
+            raise EventError(
+                "params", f"{_type_name(params)} cannot be JSON-encoded: {exc}"
+            ) from None
         return _utf8("params", text)
     raise EventError("params", f"expected str, dict or list, got {_type_name(params)}")
 
@@ -87,10 +90,10 @@ def build_event(
 
     Raises :class:`EventError` (a ``ValueError``) naming the first bad field.
 
-    >>> build_event("signup", user_id=-1, at=0)
+    >>> build_event("signup", user_id=-1, at=0)  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    hamustro_logging.mapping.EventError: hamustro event field 'user_id': int -1 is outside 0..4294967295
+    hamustro_logging.mapping.EventError: ... field 'user_id': int -1 is outside 0..4294967295
     """
     if not isinstance(event, str):
         raise EventError("event", f"expected a non-empty str, got {_type_name(event)}")
@@ -133,8 +136,11 @@ def build_event(
     return Event(int(at), name, user_id, ip_bytes, params_bytes, is_testing)
 
 
-def map_record(record: logging.LogRecord, default_is_testing: bool = False,
-               max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> Event | None:
+def map_record(
+    record: logging.LogRecord,
+    default_is_testing: bool = False,
+    max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+) -> Event | None:
     """The default mapping: ``None`` for a record without an ``event`` attribute.
 
     Reads ``event``, ``user_id``, ``params``, ``is_testing`` and ``ip`` from

@@ -90,7 +90,9 @@ class SafeDisk(diskcache.Disk):
             raise QueueCorrupt("queue file holds a pickled key; refusing to unpickle it")
         return super().get(key, raw)
 
-    def store(self, value: Any, read: bool, key: Any = diskcache.core.UNKNOWN) -> tuple[int, int, str | None, Any]:
+    def store(
+        self, value: Any, read: bool, key: Any = diskcache.core.UNKNOWN
+    ) -> tuple[int, int, str | None, Any]:
         if read or type(value) not in (str, bytes, int):
             raise TypeError(f"queue values are str, bytes or int, not {type(value).__name__}")
         return super().store(value, read, key=key)
@@ -166,7 +168,9 @@ class Queue:
         os.makedirs(self.directory, mode=0o700, exist_ok=True)
         old_umask = os.umask(0o077)  # database files 0600
         try:
-            self._cache = diskcache.Cache(self.directory, timeout=timeout, disk=SafeDisk, **_SETTINGS)
+            self._cache = diskcache.Cache(
+                self.directory, timeout=timeout, disk=SafeDisk, **_SETTINGS
+            )
             # A brand-new queue counts retention from its creation, so it does
             # not send on every event before its first sync.
             self._cache.add(_LAST_SYNC, int(time.time()))
@@ -203,7 +207,9 @@ class Queue:
             size = 0
             for event in events:
                 frame = encode_payload(event, nr, default_ip)
-                if chunk and (len(chunk) >= self.chunk_events or size + len(frame) > self.chunk_bytes):
+                if chunk and (
+                    len(chunk) >= self.chunk_events or size + len(frame) > self.chunk_bytes
+                ):
                     cache.set(_chunk_key(session, hid, chunk_first, len(chunk)), b"".join(chunk))
                     chunk, chunk_first, size = [], nr, 0
                 chunk.append(frame)

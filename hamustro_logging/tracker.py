@@ -69,12 +69,20 @@ def _timeout(value: object) -> tuple[float, float]:
     raise ValueError(f"timeout must be seconds > 0 or a (connect, read) pair, got {value!r}")
 
 
-def _positive(name: str, value: object, kind: type = int) -> Any:
-    if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int):
-        raise TypeError(f"{name} must be {kind.__name__}, got {type(value).__name__}")
-    if value < (0 if kind is float else 1):
-        raise ValueError(f"{name} must be {'>= 0' if kind is float else '>= 1'}, got {value}")
+def _count(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be int, got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
     return value
+
+
+def _seconds(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    if not value >= 0:  # also refuses NaN
+        raise ValueError(f"{name} must be >= 0, got {value}")
+    return float(value)
 
 
 class _IpFinder:
@@ -162,9 +170,9 @@ class ClientTracker:
         self.product_version = _required("product_version", product_version)
         self.system = _optional("system", system)
         self.product_git_hash = _optional("product_git_hash", product_git_hash)
-        self.queue_size = _positive("queue_size", queue_size)
-        self.queue_retention = _positive("queue_retention", queue_retention, float)
-        self.max_event_bytes = _positive("max_event_bytes", max_event_bytes)
+        self.queue_size = _count("queue_size", queue_size)
+        self.queue_retention = _seconds("queue_retention", queue_retention)
+        self.max_event_bytes = _count("max_event_bytes", max_event_bytes)
         if not isinstance(detect_ip, bool):
             raise TypeError(f"detect_ip must be bool, got {type(detect_ip).__name__}")
         if not isinstance(verify, (bool, str)):
@@ -173,8 +181,8 @@ class ClientTracker:
         self.session = self.generate_session()
         self.queue_dir = Path(queue_dir) if queue_dir is not None else default_queue_dir(client_id)
         self._queue_options = {
-            "chunk_events": _positive("max_batch_events", max_batch_events),
-            "chunk_bytes": _positive("max_batch_bytes", max_batch_bytes),
+            "chunk_events": _count("max_batch_events", max_batch_events),
+            "chunk_bytes": _count("max_batch_bytes", max_batch_bytes),
         }
         self._header = collection_header(
             self.device_id, self.client_id, self.session, self.system_version,
@@ -183,8 +191,8 @@ class ClientTracker:
         self._transport_options: dict[str, Any] = {"timeout": _timeout(timeout), "verify": verify}
         self._url = url
         self._backoff = Backoff(
-            base=_positive("backoff_base", backoff_base, float),
-            cap=_positive("backoff_cap", backoff_cap, float),
+            base=_seconds("backoff_base", backoff_base),
+            cap=_seconds("backoff_cap", backoff_cap),
         )
         self._secret = secret
         self._ip = _IpFinder(url) if detect_ip else None
@@ -213,7 +221,11 @@ class ClientTracker:
     # -- the spec's functions --------------------------------------------------
 
     def generate_session(self) -> str:
-        """md5hex(sha256hex(device_id) + ":" + client_id + ":" + system_version + ":" + product_version)."""
+        """The spec's session id.
+
+        md5hex(sha256hex(device_id) + ":" + client_id + ":" + system_version
+        + ":" + product_version); computed once, in the constructor.
+        """
         return session_id(self.device_id, self.client_id, self.system_version, self.product_version)
 
     def load_collections(self) -> list[SessionInfo]:
@@ -243,7 +255,13 @@ class ClientTracker:
         the next attempt waits for the backoff.
         """
         record = build_event(
-            event, user_id, params, is_testing, ip, time.time(), max_event_bytes=self.max_event_bytes
+            event,
+            user_id,
+            params,
+            is_testing,
+            ip,
+            time.time(),
+            max_event_bytes=self.max_event_bytes,
         )
         _, nr = self.store([record])
         self.send_if_due()

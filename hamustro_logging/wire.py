@@ -67,7 +67,9 @@ def md5hex(data: bytes | str) -> str:
     return hashlib.md5(data, usedforsecurity=False).hexdigest()
 
 
-def session_id(device_id_hash: str, client_id: str, system_version: str, product_version: str) -> str:
+def session_id(
+    device_id_hash: str, client_id: str, system_version: str, product_version: str
+) -> str:
     """md5hex(device_id + ":" + client_id + ":" + system_version + ":" + product_version).
 
     ``device_id_hash`` is the already hashed id (what the collection carries).

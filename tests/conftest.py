@@ -7,6 +7,7 @@ import logging
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import settings
 
 from hamustro_logging.collector import DevCollector
 
@@ -37,3 +38,8 @@ def collector() -> Iterator[DevCollector]:
     """A started development collector on loopback; events also go to a StringIO."""
     with DevCollector(secret=TEST_SECRET, output=io.StringIO()) as running:
         yield running
+
+
+# Hypothesis keeps no example database in the working directory.
+settings.register_profile("hamustro", database=None, deadline=None)
+settings.load_profile("hamustro")

@@ -11,7 +11,9 @@ from hamustro_logging.collector import DevCollector
 TEST_SECRET = "test-secret"  # noqa: S105 -- a test fixture, not a credential
 
 
-def tracker_config(collector: DevCollector | str, queue_dir: Path, **overrides: Any) -> dict[str, Any]:
+def tracker_config(
+    collector: DevCollector | str, queue_dir: Path, **overrides: Any
+) -> dict[str, Any]:
     """Keyword arguments for ClientTracker / HamustroHandler against ``collector``."""
     url = collector if isinstance(collector, str) else collector.url
     config: dict[str, Any] = {

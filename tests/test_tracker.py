@@ -66,7 +66,9 @@ def test_brand_new_queue_waits_for_queue_size(tmp_path: Path, collector: DevColl
         assert t.stats()["pending"] == 0
 
 
-def test_retention_trigger_sends_when_last_sync_is_old(tmp_path: Path, collector: DevCollector) -> None:
+def test_retention_trigger_sends_when_last_sync_is_old(
+    tmp_path: Path, collector: DevCollector
+) -> None:
     config = tracker_config(collector, tmp_path, queue_size=1000, queue_retention=0.5 / 60)
     with ClientTracker(**config) as t:
         t.track_event("a")
@@ -99,7 +101,10 @@ def test_new_version_new_session_old_events_keep_old_attributes(
     with ClientTracker(**upgraded) as new:
         assert new.session != SESSION
         assert new.track_event("after-upgrade") == 1
-        assert {s.session: s.pending for s in new.load_collections()} == {SESSION: 2, new.session: 1}
+        assert {s.session: s.pending for s in new.load_collections()} == {
+            SESSION: 2,
+            new.session: 1,
+        }
         assert new.flush()
     received = collector.wait_for(3)
     by_session = {(e["session"], e["product_version"], e["event"], e["nr"]) for e in received}
@@ -132,7 +137,9 @@ def test_500_keeps_everything_and_a_later_run_delivers_once(
 
 
 def test_batches_split_by_count(tmp_path: Path, collector: DevCollector) -> None:
-    with ClientTracker(**tracker_config(collector, tmp_path, queue_size=1000, max_batch_events=2)) as t:
+    with ClientTracker(
+        **tracker_config(collector, tmp_path, queue_size=1000, max_batch_events=2)
+    ) as t:
         for _ in range(5):
             t.track_event("e")
         assert t.flush()
@@ -199,7 +206,7 @@ def test_bad_constructor_argument_is_named(
         ({"event": "e", "user_id": "7"}, "user_id"),
         ({"event": "e", "user_id": True}, "user_id"),
         ({"event": "e", "params": 5}, "params"),
-        ({"event": "e", "params": {1: {2}} }, None),  # set → str(): accepted
+        ({"event": "e", "params": {1: {2}}}, None),  # set → str(): accepted
         ({"event": "e", "params": "x" * (65 * 1024)}, "params"),
         ({"event": "e", "is_testing": 1}, "is_testing"),
         ({"event": "e", "ip": 5}, "ip"),
