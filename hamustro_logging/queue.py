@@ -25,7 +25,7 @@ pickled, and :class:`SafeDisk` refuses to unpickle what a tampered file holds):
 ``h/{session}/{hid}``                       the collection header, fields 1-7 (bytes)
 ``n/{session}``                             last ``nr`` given in the session (int)
 ``s/pending``, ``s/pending_bytes``          unsent events and their bytes (int)
-``s/last_sync``                             epoch seconds of the last 200 (int)
+``s/last_sync``                             epoch milliseconds of the last 200 (int)
 =========================================  =======================================
 
 ``hid`` is a short hash of the header, so events keep the ``system`` and
@@ -128,6 +128,10 @@ class SessionInfo:
     oldest_nr: int
 
 
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
 def _chunk_key(session: str, hid: str, first_nr: int, count: int) -> str:
     return f"e/{session}/{hid}/{first_nr:010d}/{count}"
 
@@ -173,7 +177,7 @@ class Queue:
             )
             # A brand-new queue counts retention from its creation, so it does
             # not send on every event before its first sync.
-            self._cache.add(_LAST_SYNC, int(time.time()))
+            self._cache.add(_LAST_SYNC, _now_ms())
         finally:
             os.umask(old_umask)
 
@@ -292,7 +296,7 @@ class Queue:
             if deleted:
                 cache.incr(_PENDING, -deleted)
                 cache.incr(_PENDING_BYTES, -freed)
-            cache.set(_LAST_SYNC, int(time.time()))
+            cache.set(_LAST_SYNC, _now_ms())
         return deleted
 
     def release(self, batch: Batch) -> None:
@@ -313,9 +317,9 @@ class Queue:
         """Bytes of the unsent payloads."""
         return int(self._cache.get(_PENDING_BYTES, 0))
 
-    def last_sync(self) -> int:
+    def last_sync(self) -> float:
         """Epoch seconds of the last 200 (or of the queue's creation)."""
-        return int(self._cache.get(_LAST_SYNC, 0))
+        return int(self._cache.get(_LAST_SYNC, 0)) / 1000
 
     def last_numbers(self) -> dict[str, int]:
         """The last ``nr`` given in every session this folder has seen."""

@@ -236,7 +236,7 @@ class ClientTracker:
         """The last ``nr`` given in each session."""
         return self.queue.last_numbers()
 
-    def load_last_sync_time(self) -> int:
+    def load_last_sync_time(self) -> float:
         """Epoch seconds of the last successful send (or of the queue's creation)."""
         return self.queue.last_sync()
 
