@@ -14,11 +14,11 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from .queue import Queue
+from .queue import Batch, Queue, Settled
 from .report import Reporter
 from .retry import Backoff, explain
 from .stats import Stats
-from .transport import Transport
+from .transport import Answer, Transport
 
 __all__ = ["Delivery", "DrainResult"]
 
@@ -74,34 +74,92 @@ class Delivery:
         sent = 0
         failed = False
         with self._lock:
-            if force or time.monotonic() >= self.retry_at:
-                while deadline is None or time.monotonic() < deadline:
-                    batch = self.queue.claim(
-                        self.owner, self.lease_seconds, self.max_batch_events, self.max_batch_bytes
-                    )
-                    if batch is None:
-                        break
-                    answer = self.transport.post(batch.body, deadline=deadline)
-                    if answer.ok:
-                        sent += self.queue.ack(batch)
-                        self.backoff.reset()
-                        self.retry_at = 0.0
-                        self.reporter.recovered("send", "the collector accepts events again")
-                        continue
-                    self.queue.release(batch)
-                    delay = self.backoff.next_delay(answer)
-                    self.retry_at = time.monotonic() + delay
-                    message = explain(answer)
-                    self.stats.failed(message)
-                    self.reporter.problem(
-                        "send",
-                        f"could not deliver {batch.count} events to {self.transport.url}: "
-                        f"{message}; kept on disk, next try in {delay:.0f} s",
-                    )
-                    failed = True
+            if not force and time.monotonic() < self.retry_at:
+                return DrainResult(0, True, self.queue.pending_count())
+            while deadline is None or time.monotonic() < deadline:
+                batch = self.queue.claim(
+                    self.owner, self.lease_seconds, self.max_batch_events, self.max_batch_bytes
+                )
+                if batch is None:
                     break
-            else:
+                answer = self.transport.post(batch.body, deadline=deadline)
+                if answer.ok:
+                    done = self.queue.ack(batch)
+                elif answer.status == 400:
+                    done, answer = self._bisect(batch, deadline)
+                else:
+                    self.queue.release(batch, maybe_sent=answer.status is None and answer.sent)
+                    done = None
+                if done is not None:
+                    sent += done.sent
+                    self._count(done)
+                if answer.ok:
+                    self.backoff.reset()
+                    self.retry_at = 0.0
+                    self.reporter.recovered("send", "the collector accepts events again")
+                    continue
+                self._failed(batch, answer)
                 failed = True
-        if sent:
-            self.stats.add("sent", sent)
+                break
         return DrainResult(sent, failed, self.queue.pending_count())
+
+    def _bisect(self, batch: Batch, deadline: float | None) -> tuple[Settled, Answer]:
+        """Find the payloads a 400 refers to by sending halves; set those aside.
+
+        The collector refuses a whole collection for one bad payload. Halves
+        that get a 200 are delivered; a single payload that gets a 400 is
+        moved to the rejected area; any other answer stops the search and
+        leaves what is not settled pending. Returns the settlement and the
+        answer to act on (a 200 when the search finished).
+        """
+        frames = batch.frames()
+        verdicts: list[bool | None] = [None] * len(frames)
+        last = Answer(200)
+
+        def probe(lo: int, hi: int) -> bool:
+            nonlocal last
+            if hi - lo == len(frames):
+                answer = Answer(400)  # the whole batch: already answered
+            else:
+                self.queue.renew(batch, self.lease_seconds)
+                body = batch.header + b"".join(frame for _, frame in frames[lo:hi])
+                answer = self.transport.post(body, deadline=deadline)
+            if answer.ok or (answer.status == 400 and hi - lo == 1):
+                verdicts[lo:hi] = [answer.ok] * (hi - lo)
+                return True
+            if answer.status != 400:
+                last = answer
+                return False
+            mid = (lo + hi) // 2
+            return probe(lo, mid) and probe(mid, hi)
+
+        probe(0, len(frames))
+        done = self.queue.settle(batch, verdicts)
+        if done.rejected:
+            refused = [nr for (nr, _), ok in zip(frames, verdicts, strict=True) if ok is False]
+            self.reporter.once(
+                f"the collector refused {done.rejected} events of session {batch.session} "
+                f"(nr {', '.join(map(str, refused[:10]))}{' ...' if len(refused) > 10 else ''}) "
+                "with 400; they are kept in the queue's rejected area "
+                "(see `hamustro-logging export --rejected` and `retry-rejected`)"
+            )
+        return done, last
+
+    def _count(self, done: Settled) -> None:
+        if done.sent:
+            self.stats.add("sent", done.sent)
+        if done.resent:
+            self.stats.add("resent", done.resent)
+        if done.rejected:
+            self.stats.add("rejected", done.rejected)
+
+    def _failed(self, batch: Batch, answer: Answer) -> None:
+        delay = self.backoff.next_delay(answer)
+        self.retry_at = time.monotonic() + delay
+        message = explain(answer)
+        self.stats.failed(message)
+        self.reporter.problem(
+            "send",
+            f"could not deliver {batch.count} events to {self.transport.url}: "
+            f"{message}; kept on disk, next try in {delay:.0f} s",
+        )

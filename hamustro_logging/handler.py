@@ -97,6 +97,8 @@ class HamustroHandler(logging.Handler):
         max_batch_events: int = 500,
         max_batch_bytes: int = 512 * 1024,
         max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+        max_queue_events: int = 10_000_000,
+        max_queue_bytes: int = 1 << 30,
         backoff_base: float = 1.0,
         backoff_cap: float = 300.0,
     ) -> None:
@@ -117,6 +119,7 @@ class HamustroHandler(logging.Handler):
             product_version, system, product_git_hash, queue_size, queue_retention, queue_dir,
             detect_ip=detect_ip, timeout=timeout, verify=verify, max_batch_events=max_batch_events,
             max_batch_bytes=max_batch_bytes, max_event_bytes=max_event_bytes,
+            max_queue_events=max_queue_events, max_queue_bytes=max_queue_bytes,
             backoff_base=backoff_base, backoff_cap=backoff_cap,
         )  # fmt: skip
         self.is_testing = is_testing

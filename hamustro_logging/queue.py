@@ -22,10 +22,13 @@ pickled, and :class:`SafeDisk` refuses to unpickle what a tampered file holds):
 =========================================  =======================================
 ``e/{session}/{hid}/{first_nr:010d}/{n}``  a chunk: ``n`` framed payloads (bytes)
 ``l/{chunk key}``                           lease on a chunk being sent (str, expires)
+``m/{chunk key}``                           the chunk went out once without an answer (int)
+``r/{session}/{hid}/{nr:010d}/1``           an event the collector refused with 400 (bytes)
 ``h/{session}/{hid}``                       the collection header, fields 1-7 (bytes)
 ``n/{session}``                             last ``nr`` given in the session (int)
 ``s/pending``, ``s/pending_bytes``          unsent events and their bytes (int)
 ``s/last_sync``                             epoch milliseconds of the last 200 (int)
+``s/rejected``                              events set aside in ``r/`` (int)
 =========================================  =======================================
 
 ``hid`` is a short hash of the header, so events keep the ``system`` and
@@ -45,13 +48,23 @@ from typing import Any
 import diskcache
 import diskcache.core
 
-from .wire import UINT32_MAX, Event, encode_payload, md5hex
+from .wire import UINT32_MAX, Event, encode_payload, iter_frames, md5hex
 
-__all__ = ["Batch", "Queue", "QueueCorrupt", "SafeDisk", "SessionInfo"]
+__all__ = [
+    "Appended",
+    "Batch",
+    "Queue",
+    "QueueCorrupt",
+    "QueueFull",
+    "SafeDisk",
+    "SessionInfo",
+    "Settled",
+]
 
 _PENDING = "s/pending"
 _PENDING_BYTES = "s/pending_bytes"
 _LAST_SYNC = "s/last_sync"
+_REJECTED = "s/rejected"
 
 #: SQLite settings. ``eviction_policy='none'``: diskcache is a cache and by
 #: default evicts old items past 1 GB; a queue must never do that. Small page
@@ -70,6 +83,10 @@ _SETTINGS: dict[str, Any] = {
 
 class QueueCorrupt(ValueError):
     """The queue folder holds something this library never writes."""
+
+
+class QueueFull(RuntimeError):
+    """The queue holds ``max_queue_events`` / ``max_queue_bytes`` unsent; the event was refused."""
 
 
 class SafeDisk(diskcache.Disk):
@@ -107,14 +124,49 @@ class SafeDisk(diskcache.Disk):
 class Batch:
     """Chunks of one session claimed for one request.
 
-    ``body`` is the complete ``Collection`` (header plus framed payloads).
+    ``header`` + ``data`` is the complete ``Collection``: the header's
+    fields 1-7, then the stored payload frames, concatenated.
     """
 
     session: str
     keys: tuple[str, ...]
-    body: bytes
+    header: bytes
+    data: bytes
     count: int
     token: str
+
+    @property
+    def body(self) -> bytes:
+        return self.header + self.data
+
+    def frames(self) -> list[tuple[int, bytes]]:
+        """Each payload of the batch with its ``nr`` (chunks hold consecutive numbers)."""
+        numbers = [
+            nr
+            for key in self.keys
+            for first, n in [_parse_chunk_key(key)[2:]]
+            for nr in range(first, first + n)
+        ]
+        return list(zip(numbers, iter_frames(self.data), strict=True))
+
+
+@dataclass(frozen=True)
+class Appended:
+    """What :meth:`Queue.append` did: numbers given, events stored and refused."""
+
+    first_nr: int
+    last_nr: int
+    stored: int
+    dropped: int
+
+
+@dataclass(frozen=True)
+class Settled:
+    """What :meth:`Queue.ack` and :meth:`Queue.settle` did."""
+
+    sent: int = 0
+    resent: int = 0
+    rejected: int = 0
 
 
 @dataclass(frozen=True)
@@ -136,6 +188,22 @@ def _chunk_key(session: str, hid: str, first_nr: int, count: int) -> str:
     return f"e/{session}/{hid}/{first_nr:010d}/{count}"
 
 
+def _runs(items: Sequence[tuple[int, bytes]]) -> Iterator[tuple[int, list[bytes]]]:
+    """Group (nr, frame) pairs into runs of consecutive numbers."""
+    run: list[bytes] = []
+    first = expected = 0
+    for nr, frame in items:
+        if run and nr != expected:
+            yield first, run
+            run = []
+        if not run:
+            first = nr
+        run.append(frame)
+        expected = nr + 1
+    if run:
+        yield first, run
+
+
 def _parse_chunk_key(key: str) -> tuple[str, str, int, int]:
     _, session, hid, first_nr, count = key.split("/")
     return session, hid, int(first_nr), int(count)
@@ -149,12 +217,12 @@ class Queue:
     >>> q = Queue(tempfile.mkdtemp())
     >>> hid = q.register_header("sess", b"\\x0a\\x01d")
     >>> q.append("sess", hid, [Event(1, b"a"), Event(2, b"b")])
-    (1, 2)
+    Appended(first_nr=1, last_nr=2, stored=2, dropped=0)
     >>> batch = q.claim("me", lease_seconds=60)
     >>> batch.count, q.pending_count()
     (2, 2)
     >>> q.ack(batch), q.pending_count()
-    (2, 0)
+    (Settled(sent=2, resent=0, rejected=0), 0)
     >>> q.close()
     """
 
@@ -164,11 +232,15 @@ class Queue:
         *,
         chunk_events: int = 500,
         chunk_bytes: int = 256 * 1024,
+        max_events: int = 10_000_000,
+        max_bytes: int = 1 << 30,
         timeout: float = 10.0,
     ) -> None:
         self.directory = os.fspath(directory)
         self.chunk_events = chunk_events
         self.chunk_bytes = chunk_bytes
+        self.max_events = max_events
+        self.max_bytes = max_bytes
         os.makedirs(self.directory, mode=0o700, exist_ok=True)
         old_umask = os.umask(0o077)  # database files 0600
         try:
@@ -191,39 +263,54 @@ class Queue:
 
     def append(
         self, session: str, hid: str, events: Sequence[Event], default_ip: bytes | None = None
-    ) -> tuple[int, int]:
-        """Number and store ``events`` in one transaction; return the first and last ``nr``.
+    ) -> Appended:
+        """Number and store ``events`` in one transaction.
 
         The numbers come from one atomic counter per session, so they are
-        unique even when several processes share the folder.
+        unique even when several processes share the folder. When the queue
+        is full (``max_events`` unsent events or ``max_bytes`` of them) the
+        events that do not fit are refused: they get no number and are
+        counted in ``Appended.dropped``. New events are refused rather than
+        old ones deleted: what is stored stays until the collector has it.
         """
-        if not events:
-            raise ValueError("append needs at least one event")
         cache = self._cache
         with cache.transact():
-            last = cache.incr(f"n/{session}", len(events))
-            first = last - len(events) + 1
+            pending = int(cache.get(_PENDING, 0))
+            room_bytes = self.max_bytes - int(cache.get(_PENDING_BYTES, 0))
+            frames: list[bytes] = []
+            nr = int(cache.get(f"n/{session}", 0)) + 1
+            first = nr
+            for event in events[: max(0, self.max_events - pending)]:
+                frame = encode_payload(event, nr, default_ip)
+                room_bytes -= len(frame)
+                if room_bytes < 0:
+                    break
+                frames.append(frame)
+                nr += 1
+            if not frames:
+                return Appended(first, first - 1, 0, len(events))
+            last = first + len(frames) - 1
             if last > UINT32_MAX:
                 raise OverflowError(f"session {session} has used every nr up to {UINT32_MAX}")
-            total = 0
-            chunk: list[bytes] = []
-            chunk_first = nr = first
-            size = 0
-            for event in events:
-                frame = encode_payload(event, nr, default_ip)
-                if chunk and (
-                    len(chunk) >= self.chunk_events or size + len(frame) > self.chunk_bytes
-                ):
-                    cache.set(_chunk_key(session, hid, chunk_first, len(chunk)), b"".join(chunk))
-                    chunk, chunk_first, size = [], nr, 0
-                chunk.append(frame)
-                size += len(frame)
-                total += len(frame)
-                nr += 1
-            cache.set(_chunk_key(session, hid, chunk_first, len(chunk)), b"".join(chunk))
-            cache.incr(_PENDING, len(events))
-            cache.incr(_PENDING_BYTES, total)
-        return first, last
+            cache.set(f"n/{session}", last)
+            self._put_chunks(session, hid, first, frames)
+            cache.incr(_PENDING, len(frames))
+            cache.incr(_PENDING_BYTES, sum(map(len, frames)))
+        return Appended(first, last, len(frames), len(events) - len(frames))
+
+    def _put_chunks(self, session: str, hid: str, first_nr: int, frames: Sequence[bytes]) -> None:
+        """Store frames numbered from ``first_nr`` on, in chunks of bounded size."""
+        start = size = 0
+        for i, frame in enumerate(frames):
+            if i > start and (
+                i - start >= self.chunk_events or size + len(frame) > self.chunk_bytes
+            ):
+                key = _chunk_key(session, hid, first_nr + start, i - start)
+                self._cache.set(key, b"".join(frames[start:i]))
+                start, size = i, 0
+            size += len(frame)
+        key = _chunk_key(session, hid, first_nr + start, len(frames) - start)
+        self._cache.set(key, b"".join(frames[start:]))
 
     # -- sending ---------------------------------------------------------------
 
@@ -273,39 +360,119 @@ class Queue:
                 raise QueueCorrupt(f"queue has events of session {group[0]} but no header for them")
             for key in keys:
                 cache.set("l/" + key, token, expire=lease_seconds)
-        return Batch(group[0], tuple(keys), header + b"".join(data), count, token)
+        return Batch(group[0], tuple(keys), header, b"".join(data), count, token)
 
-    def ack(self, batch: Batch) -> int:
-        """Delete a batch after the collector answered 200; return how many events went.
+    def ack(self, batch: Batch) -> Settled:
+        """Delete a batch after the collector answered 200.
 
         Only chunks whose lease is still ``batch.token`` are deleted: if the
         lease expired and another sender took a chunk over, that sender owns
         it now.
         """
+        return self.settle(batch, [True] * batch.count)
+
+    def settle(self, batch: Batch, verdicts: Sequence[bool | None]) -> Settled:
+        """Apply a verdict per payload of ``batch`` (in order), in one transaction.
+
+        True: delivered, deleted. False: refused by the collector (400),
+        moved to the rejected area (kept on disk, see :meth:`retry_rejected`).
+        None: not known, stored again as pending. Chunks whose lease is no
+        longer ours are left alone.
+        """
         cache = self._cache
-        deleted = freed = 0
+        sent = resent = rejected = freed = 0
+        frames = iter(zip(batch.frames(), verdicts, strict=True))
         with cache.transact():
             for key in batch.keys:
-                if cache.get("l/" + key) != batch.token:
+                session, hid, first, n = _parse_chunk_key(key)
+                mine = cache.get("l/" + key) == batch.token
+                chunk = [next(frames) for _ in range(n)]
+                if not mine:
                     continue
-                value = cache.get(key)
-                cache.delete(key)
-                cache.delete("l/" + key)
-                deleted += _parse_chunk_key(key)[3]
-                freed += len(value) if isinstance(value, bytes) else 0
-            if deleted:
-                cache.incr(_PENDING, -deleted)
+                was_sent = cache.get("m/" + key) is not None
+                for key_ in (key, "l/" + key, "m/" + key):
+                    cache.delete(key_)
+                keep: list[tuple[int, bytes]] = []
+                for (nr, frame), verdict in chunk:
+                    if verdict is None:
+                        keep.append((nr, frame))
+                        continue
+                    freed += len(frame)
+                    if verdict:
+                        sent += 1
+                        resent += was_sent
+                    else:
+                        rejected += 1
+                        cache.set(f"r/{session}/{hid}/{nr:010d}/1", frame)
+                for run_first, run in _runs(keep):
+                    self._put_chunks(session, hid, run_first, run)
+            if sent + rejected:
+                cache.incr(_PENDING, -(sent + rejected))
                 cache.incr(_PENDING_BYTES, -freed)
-            cache.set(_LAST_SYNC, _now_ms())
-        return deleted
+            if rejected:
+                cache.incr(_REJECTED, rejected)
+            if sent:
+                cache.set(_LAST_SYNC, _now_ms())
+        return Settled(sent, resent, rejected)
 
-    def release(self, batch: Batch) -> None:
-        """Give a batch back unsent (any answer but 200): drop our leases only."""
+    def release(self, batch: Batch, maybe_sent: bool = False) -> None:
+        """Give a batch back unsent (any answer but 200): drop our leases only.
+
+        ``maybe_sent``: the request went out but no answer came (a timeout or
+        a reset), so the collector may have stored it; a later delivery of
+        these chunks is then counted as a resend.
+        """
         cache = self._cache
         with cache.transact():
             for key in batch.keys:
                 if cache.get("l/" + key) == batch.token:
                     cache.delete("l/" + key)
+                    if maybe_sent:
+                        cache.set("m/" + key, 1)
+
+    def renew(self, batch: Batch, lease_seconds: float) -> None:
+        """Extend our leases on ``batch`` (a long bisection needs more time)."""
+        cache = self._cache
+        with cache.transact():
+            for key in batch.keys:
+                if cache.get("l/" + key) == batch.token:
+                    cache.set("l/" + key, batch.token, expire=lease_seconds)
+
+    # -- the rejected area -----------------------------------------------------
+
+    def rejected_count(self) -> int:
+        """Events set aside after the collector refused them (400)."""
+        return int(self._cache.get(_REJECTED, 0))
+
+    def retry_rejected(self) -> int:
+        """Move every rejected event back to pending; return how many moved."""
+        moved = freed = 0
+        cache = self._cache
+        with cache.transact():
+            for key in list(self._keys_with("r/")):
+                value = cache.get(key)
+                cache.delete(key)
+                if isinstance(value, bytes):
+                    cache.set("e/" + key[2:], value)
+                    moved += 1
+                    freed += len(value)
+            if moved:
+                cache.incr(_REJECTED, -moved)
+                cache.incr(_PENDING, moved)
+                cache.incr(_PENDING_BYTES, freed)
+        return moved
+
+    def iter_events(self, rejected: bool = False) -> Iterator[tuple[str, bytes, int, bytes]]:
+        """(session, header, nr, framed payload) of every pending (or rejected) event."""
+        prefix = "r/" if rejected else "e/"
+        for key in self._keys_with(prefix):
+            session, hid, first, _ = _parse_chunk_key(key)
+            value = self._cache.get(key)
+            header = self._cache.get(f"h/{session}/{hid}")
+            if not isinstance(value, bytes) or not isinstance(header, bytes):
+                continue
+            for i, frame in enumerate(iter_frames(value)):
+                yield session, header, first + i, frame
 
     # -- reading ---------------------------------------------------------------
 

@@ -20,6 +20,7 @@ class Stats:
         self.queued = 0
         self.sent = 0
         self.resent = 0
+        self.rejected = 0
         self.failed_attempts = 0
         self.dropped: dict[str, int] = {}
         self.last_error: str | None = None
@@ -43,6 +44,8 @@ class Stats:
         * ``sent``: events this process delivered (collector answered 200);
         * ``resent``: of those, events sent again after an attempt whose
           answer never came (the collector may have stored them twice);
+        * ``rejected``: events this process set aside after the collector
+          refused them with 400 (kept on disk; see ``retry-rejected``);
         * ``failed_attempts``: requests that did not get a 200;
         * ``dropped``: events not queued, by reason (``invalid``: a bad
           field; ``storage``: the queue could not be written; ``buffer_full``);
@@ -53,6 +56,7 @@ class Stats:
                 "queued": self.queued,
                 "sent": self.sent,
                 "resent": self.resent,
+                "rejected": self.rejected,
                 "failed_attempts": self.failed_attempts,
                 "dropped": dict(self.dropped),
                 "last_error": self.last_error,

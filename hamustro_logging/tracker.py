@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 from .delivery import Delivery, DrainResult
 from .mapping import DEFAULT_MAX_EVENT_BYTES, build_event
-from .queue import Queue, SessionInfo
+from .queue import Appended, Queue, QueueFull, SessionInfo
 from .report import Reporter
 from .retry import Backoff
 from .stats import Stats
@@ -157,6 +157,8 @@ class ClientTracker:
         max_batch_events: int = 500,
         max_batch_bytes: int = 512 * 1024,
         max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+        max_queue_events: int = 10_000_000,
+        max_queue_bytes: int = 1 << 30,
         backoff_base: float = 1.0,
         backoff_cap: float = 300.0,
     ) -> None:
@@ -183,6 +185,8 @@ class ClientTracker:
         self._queue_options = {
             "chunk_events": _count("max_batch_events", max_batch_events),
             "chunk_bytes": _count("max_batch_bytes", max_batch_bytes),
+            "max_events": _count("max_queue_events", max_queue_events),
+            "max_bytes": _count("max_queue_bytes", max_queue_bytes),
         }
         self._header = collection_header(
             self.device_id, self.client_id, self.session, self.system_version,
@@ -251,8 +255,9 @@ class ClientTracker:
         """Store one event (on disk before this returns); send if a trigger fires.
 
         Returns the event's ``nr``. Bad fields raise ``ValueError`` naming the
-        field. Sending failures do not raise: the event stays queued, and
-        the next attempt waits for the backoff.
+        field; a full queue raises :class:`~hamustro_logging.queue.QueueFull`.
+        Sending failures do not raise: the event stays queued, and the next
+        attempt waits for the backoff.
         """
         record = build_event(
             event,
@@ -263,19 +268,34 @@ class ClientTracker:
             time.time(),
             max_event_bytes=self.max_event_bytes,
         )
-        _, nr = self.store([record])
+        done = self.store([record])
         self.send_if_due()
-        return nr
+        if not done.stored:
+            raise QueueFull(f"the queue in {self.queue_dir} is full; the event was not stored")
+        return done.last_nr
 
     # -- building blocks (the handler uses these) ------------------------------
 
-    def store(self, events: Sequence[Event]) -> tuple[int, int]:
-        """Number and store validated events in one transaction; return first and last nr."""
+    def store(self, events: Sequence[Event]) -> Appended:
+        """Number and store validated events in one transaction.
+
+        Events that do not fit in a full queue are counted as dropped
+        (``queue_full``) and reported once per streak.
+        """
         default_ip = self._ip.get() if self._ip is not None else None
         with self._store_lock:
-            numbers = self.queue.append(self.session, self._hid, events, default_ip)
-        self.stats_counters.add("queued", len(events))
-        return numbers
+            done = self.queue.append(self.session, self._hid, events, default_ip)
+        self.stats_counters.add("queued", done.stored)
+        if done.dropped:
+            self.stats_counters.drop("queue_full", done.dropped)
+            self.reporter.problem(
+                "queue_full",
+                f"the queue in {self.queue_dir} is full ({self.queue.max_events} events or "
+                f"{self.queue.max_bytes} bytes unsent); new events are dropped until it drains",
+            )
+        else:
+            self.reporter.recovered("queue_full", "the queue has room again")
+        return done
 
     def is_due(self) -> bool:
         """The spec's triggers: enough unsent events, or the last sync is too old."""
@@ -300,11 +320,18 @@ class ClientTracker:
         return self.delivery.drain(deadline, force=True).left == 0
 
     def stats(self) -> dict[str, Any]:
-        """This process's counters (see ``Stats.snapshot``) and the queue's state."""
+        """This process's counters (see ``Stats.snapshot``) and the queue's state.
+
+        From the queue folder (all processes that share it): ``pending``
+        (unsent events), ``queue_bytes`` (their encoded size),
+        ``rejected_in_queue`` (events set aside after a 400) and
+        ``last_sync`` (epoch seconds of the last 200).
+        """
         out = self.stats_counters.snapshot()
         out["pending"] = self.queue.pending_count()
         out["queue_bytes"] = self.queue.pending_bytes()
         out["last_sync"] = self.queue.last_sync()
+        out["rejected_in_queue"] = self.queue.rejected_count()
         return out
 
     def close(self) -> None:

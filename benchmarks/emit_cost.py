@@ -1,0 +1,127 @@
+"""Emit cost: one ``log.info(..., extra={"event": ...})`` through each handler.
+
+    python benchmarks/emit_cost.py [--rounds 15] [--calls 2000]
+
+Interleaved rounds in one process: in each round every handler in turn gets
+``--calls`` calls, each timed alone with ``perf_counter_ns``; the figure is
+the median over all calls. Handlers:
+
+* stdlib ``QueueHandler`` on a ``SimpleQueue`` (the floor for a non-blocking
+  handler; its queue is emptied between rounds, outside the timing);
+* ``HamustroHandler`` (default: buffered, on disk within the durability window);
+* ``HamustroHandler(durable=True)`` (on disk before emit returns);
+* python-logstash-async ``AsynchronousLogstashHandler`` (SQLite-backed).
+
+Every Hamustro and logstash handler sends to a live local peer, so their
+background threads work as in production while the app logs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import logging.handlers
+import queue
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from hamustro_logging import HamustroHandler
+
+SECRET = "bench-secret"  # noqa: S105
+
+
+def start_collector() -> tuple[subprocess.Popen[str], str]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "hamustro_logging.collector", "--port", "0", "--secret", SECRET,
+         "--output", "/dev/null"],
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert process.stderr is not None
+    line = process.stderr.readline()
+    return process, line.split("listening on ", 1)[1].strip().removesuffix("/api/v1/track")
+
+
+def sink_port() -> tuple[socket.socket, int]:
+    """A TCP listener that accepts and discards (logstash's peer)."""
+    server = socket.create_server(("127.0.0.1", 0))
+    return server, server.getsockname()[1]
+
+
+def hamustro(url: str, folder: Path, durable: bool) -> HamustroHandler:
+    return HamustroHandler(
+        collector_url=url, shared_secret_key=SECRET, device_id="bench", client_id="bench",
+        system_version="1", product_version="1", queue_dir=str(folder), durable=durable,
+        queue_size=500,
+    )  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--calls", type=int, default=2000)
+    args = parser.parse_args()
+
+    tmp = Path(tempfile.mkdtemp(prefix="hamustro-bench-"))
+    collector, url = start_collector()
+    handlers: dict[str, logging.Handler] = {}
+    simple: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    handlers["stdlib QueueHandler(SimpleQueue)"] = logging.handlers.QueueHandler(simple)
+    handlers["HamustroHandler (default)"] = hamustro(url, tmp / "q1", durable=False)
+    handlers["HamustroHandler (durable=True)"] = hamustro(url, tmp / "q2", durable=True)
+    try:
+        from logstash_async.handler import AsynchronousLogstashHandler
+
+        server, port = sink_port()
+        handlers["logstash-async AsynchronousLogstashHandler"] = AsynchronousLogstashHandler(
+            "127.0.0.1", port, database_path=str(tmp / "logstash.db")
+        )
+    except ImportError:
+        print("python-logstash-async is not installed: pip install -e '.[bench]'", file=sys.stderr)
+
+    loggers = {}
+    for name, handler in handlers.items():
+        log = logging.getLogger(f"bench.{name}")
+        log.propagate = False
+        log.setLevel(logging.INFO)
+        log.addHandler(handler)
+        loggers[name] = log
+
+    samples: dict[str, list[int]] = {name: [] for name in handlers}
+    extra = {"event": "order_placed", "user_id": 7, "params": {"total": 12, "currency": "EUR"}}
+    for _ in range(args.rounds):
+        for name, log in loggers.items():
+            info: Callable[..., None] = log.info
+            out = samples[name]
+            clock = time.perf_counter_ns
+            for _ in range(args.calls):
+                start = clock()
+                info("order placed", extra=extra)
+                out.append(clock() - start)
+            while not simple.empty():
+                simple.get_nowait()
+            time.sleep(0.05)  # let background threads catch up between handlers
+
+    floor = statistics.median(samples["stdlib QueueHandler(SimpleQueue)"])
+    print(f"emit cost, median of {args.rounds} interleaved rounds x {args.calls} calls "
+          f"(Python {sys.version.split()[0]})")  # fmt: skip
+    print(f"{'handler':<46} {'median':>9} {'p90':>9} {'vs QueueHandler':>16}")
+    for name, values in samples.items():
+        values.sort()
+        median = statistics.median(values)
+        p90 = values[int(len(values) * 0.9)]
+        print(f"{name:<46} {median / 1000:>7.2f}us {p90 / 1000:>7.2f}us {median / floor:>15.2f}x")
+
+    for handler in handlers.values():
+        handler.close()
+    collector.terminate()
+    collector.wait()
+
+
+if __name__ == "__main__":
+    main()

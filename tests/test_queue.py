@@ -1,0 +1,103 @@
+"""The diskcache queue: numbering, chunks, leases, settling, the rejected area, the cap."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from hamustro_logging.queue import Queue
+from hamustro_logging.wire import Event, iter_frames
+
+HEADER = b"\x0a\x01d"
+
+
+def events(n: int, name: bytes = b"e") -> list[Event]:
+    return [Event(1_700_000_000 + i, name) for i in range(n)]
+
+
+def test_numbers_continue_and_chunks_are_bounded(tmp_path: Path) -> None:
+    q = Queue(tmp_path, chunk_events=4)
+    hid = q.register_header("s", HEADER)
+    first = q.append("s", hid, events(10))
+    assert (first.first_nr, first.last_nr, first.stored, first.dropped) == (1, 10, 10, 0)
+    assert q.append("s", hid, events(1)).last_nr == 11
+    assert q.pending_count() == 11 and q.last_numbers() == {"s": 11}
+    batch = q.claim("a", 60, max_events=100)
+    assert batch is not None
+    assert [nr for nr, _ in batch.frames()] == list(range(1, 12))
+    assert len(batch.keys) == 4  # 4 + 4 + 2 from the first append, 1 from the second
+    assert batch.body.startswith(HEADER)
+
+
+def test_a_lease_keeps_others_off_until_it_expires(tmp_path: Path) -> None:
+    q = Queue(tmp_path)
+    hid = q.register_header("s", HEADER)
+    q.append("s", hid, events(3))
+    mine = q.claim("a", lease_seconds=0.3)
+    assert mine is not None and mine.count == 3
+    assert q.claim("b", lease_seconds=60) is None  # leased by a
+    time.sleep(0.4)
+    theirs = q.claim("b", lease_seconds=60)  # a "died": its lease expired
+    assert theirs is not None and theirs.count == 3
+    assert q.ack(mine).sent == 0  # a's lease is gone: a deletes nothing
+    assert q.pending_count() == 3
+    assert q.ack(theirs).sent == 3 and q.pending_count() == 0
+
+
+def test_release_gives_back_and_maybe_sent_counts_a_resend(tmp_path: Path) -> None:
+    q = Queue(tmp_path)
+    hid = q.register_header("s", HEADER)
+    q.append("s", hid, events(2))
+    batch = q.claim("a", 60)
+    assert batch is not None
+    q.release(batch, maybe_sent=True)
+    again = q.claim("a", 60)
+    assert again is not None and again.keys == batch.keys
+    assert q.ack(again).resent == 2
+
+
+def test_settle_splits_delivered_rejected_and_unknown(tmp_path: Path) -> None:
+    q = Queue(tmp_path)
+    hid = q.register_header("s", HEADER)
+    q.append("s", hid, events(6))
+    batch = q.claim("a", 60)
+    assert batch is not None
+    done = q.settle(batch, [True, False, None, None, True, False])
+    assert (done.sent, done.rejected) == (2, 2)
+    assert q.pending_count() == 2 and q.rejected_count() == 2
+    assert [nr for _, _, nr, _ in q.iter_events()] == [3, 4]
+    assert [nr for _, _, nr, _ in q.iter_events(rejected=True)] == [2, 6]
+    rest = q.claim("a", 60)
+    assert rest is not None and [nr for nr, _ in rest.frames()] == [3, 4]
+    q.ack(rest)
+    assert q.retry_rejected() == 2
+    assert (q.pending_count(), q.rejected_count()) == (2, 0)
+    back = q.claim("a", 60)
+    assert back is not None and [nr for nr, _ in back.frames()] == [2, 6]
+
+
+def test_a_full_queue_refuses_new_events_and_keeps_old_ones(tmp_path: Path) -> None:
+    q = Queue(tmp_path, max_events=5)
+    hid = q.register_header("s", HEADER)
+    assert q.append("s", hid, events(4)).stored == 4
+    done = q.append("s", hid, events(3, b"new"))
+    assert (done.stored, done.dropped, done.last_nr) == (1, 2, 5)
+    assert q.append("s", hid, events(1)).dropped == 1
+    assert q.pending_count() == 5
+    by_bytes = Queue(tmp_path / "b", max_bytes=100)
+    hid = by_bytes.register_header("s", HEADER)
+    done = by_bytes.append("s", hid, events(50))
+    assert 0 < done.stored < 50 and by_bytes.pending_bytes() <= 100
+
+
+def test_a_backlog_is_read_lazily(tmp_path: Path) -> None:
+    q = Queue(tmp_path, chunk_events=100)
+    hid = q.register_header("s", HEADER)
+    for _ in range(20):
+        q.append("s", hid, events(100))
+    q.close()
+    reopened = Queue(tmp_path)
+    assert reopened.pending_count() == 2000  # a counter: nothing scanned
+    batch = reopened.claim("a", 60, max_events=250)
+    assert batch is not None and batch.count == 200  # whole chunks, within the limit
+    assert len(list(iter_frames(batch.data))) == 200
