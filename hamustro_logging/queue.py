@@ -384,7 +384,7 @@ class Queue:
         frames = iter(zip(batch.frames(), verdicts, strict=True))
         with cache.transact():
             for key in batch.keys:
-                session, hid, first, n = _parse_chunk_key(key)
+                session, hid, _, n = _parse_chunk_key(key)
                 mine = cache.get("l/" + key) == batch.token
                 chunk = [next(frames) for _ in range(n)]
                 if not mine:
