@@ -9,6 +9,7 @@ queue's leases.
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
 import threading
 import time
 import uuid
@@ -40,7 +41,7 @@ class Delivery:
 
     def __init__(
         self,
-        queue: Queue,
+        queue: Callable[[], Queue],
         transport: Transport,
         reporter: Reporter,
         stats: Stats,
@@ -49,7 +50,7 @@ class Delivery:
         max_batch_bytes: int = 512 * 1024,
         backoff: Backoff | None = None,
     ) -> None:
-        self.queue = queue
+        self._queue = queue  # the tracker's accessor: reopens a queue whose folder vanished
         self.transport = transport
         self.reporter = reporter
         self.stats = stats
@@ -74,21 +75,22 @@ class Delivery:
         sent = 0
         failed = False
         with self._lock:
+            queue = self._queue()
             if not force and time.monotonic() < self.retry_at:
-                return DrainResult(0, True, self.queue.pending_count())
+                return DrainResult(0, True, queue.pending_count())
             while deadline is None or time.monotonic() < deadline:
-                batch = self.queue.claim(
+                batch = queue.claim(
                     self.owner, self.lease_seconds, self.max_batch_events, self.max_batch_bytes
                 )
                 if batch is None:
                     break
                 answer = self.transport.post(batch.body, deadline=deadline)
                 if answer.ok:
-                    done = self.queue.ack(batch)
+                    done = queue.ack(batch)
                 elif answer.status == 400:
-                    done, answer = self._bisect(batch, deadline)
+                    done, answer = self._bisect(queue, batch, deadline)
                 else:
-                    self.queue.release(batch, maybe_sent=answer.status is None and answer.sent)
+                    queue.release(batch, maybe_sent=answer.status is None and answer.sent)
                     done = None
                 if done is not None:
                     sent += done.sent
@@ -101,9 +103,11 @@ class Delivery:
                 self._failed(batch, answer)
                 failed = True
                 break
-        return DrainResult(sent, failed, self.queue.pending_count())
+        return DrainResult(sent, failed, queue.pending_count())
 
-    def _bisect(self, batch: Batch, deadline: float | None) -> tuple[Settled, Answer]:
+    def _bisect(
+        self, queue: Queue, batch: Batch, deadline: float | None
+    ) -> tuple[Settled, Answer]:
         """Find the payloads a 400 refers to by sending halves; set those aside.
 
         The collector refuses a whole collection for one bad payload. Halves
@@ -121,7 +125,7 @@ class Delivery:
             if hi - lo == len(frames):
                 answer = Answer(400)  # the whole batch: already answered
             else:
-                self.queue.renew(batch, self.lease_seconds)
+                queue.renew(batch, self.lease_seconds)
                 body = batch.header + b"".join(frame for _, frame in frames[lo:hi])
                 answer = self.transport.post(body, deadline=deadline)
             if answer.ok or (answer.status == 400 and hi - lo == 1):
@@ -134,7 +138,7 @@ class Delivery:
             return probe(lo, mid) and probe(mid, hi)
 
         probe(0, len(frames))
-        done = self.queue.settle(batch, verdicts)
+        done = queue.settle(batch, verdicts)
         if done.rejected:
             refused = [nr for (nr, _), ok in zip(frames, verdicts, strict=True) if ok is False]
             self.reporter.once(
@@ -160,6 +164,6 @@ class Delivery:
         self.stats.failed(message)
         self.reporter.problem(
             "send",
-            f"could not deliver {batch.count} events to {self.transport.url}: "
-            f"{message}; kept on disk, next try in {delay:.0f} s",
+            f"cannot deliver to {self.transport.url}: {message}",
+            f"; {batch.count} events kept on disk, next try in {delay:.0f} s",
         )

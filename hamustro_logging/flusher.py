@@ -108,7 +108,10 @@ class Flusher:
             self._send_wake.set()
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             done = self._cond.wait_for(lambda: self._flush_done >= ticket, left)
-        return done and self.tracker.queue.pending_count() == 0
+        try:
+            return done and self.tracker.queue.pending_count() == 0
+        except Exception:  # the queue is unusable right now; the spool reports why
+            return False
 
     def stop(self, timeout: float) -> bool:
         """Stop both threads; the send thread makes one final attempt within ``timeout``.

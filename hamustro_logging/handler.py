@@ -102,7 +102,9 @@ class HamustroHandler(logging.Handler):
         backoff_base: float = 1.0,
         backoff_cap: float = 300.0,
     ) -> None:
-        super().__init__(level)
+        # Everything that can fail comes before logging.Handler.__init__, which
+        # registers the handler for logging.shutdown(): a handler whose
+        # constructor raised must leave nothing behind for shutdown to call.
         for name, value in (("is_testing", is_testing), ("durable", durable)):
             if not isinstance(value, bool):
                 raise TypeError(f"{name} must be bool, got {type(value).__name__}")
@@ -120,8 +122,9 @@ class HamustroHandler(logging.Handler):
             detect_ip=detect_ip, timeout=timeout, verify=verify, max_batch_events=max_batch_events,
             max_batch_bytes=max_batch_bytes, max_event_bytes=max_event_bytes,
             max_queue_events=max_queue_events, max_queue_bytes=max_queue_bytes,
-            backoff_base=backoff_base, backoff_cap=backoff_cap,
+            backoff_base=backoff_base, backoff_cap=backoff_cap, open_lazily=True,
         )  # fmt: skip
+        super().__init__(level)
         self.is_testing = is_testing
         self.durable = durable
         self.close_timeout = float(close_timeout)
@@ -222,8 +225,8 @@ class HamustroHandler(logging.Handler):
         """
         if self._closed:
             return
-        _INHERITED.append((self.tracker.queue, self.tracker.transport))
-        self.tracker._open()
+        _INHERITED.append((self.tracker._queue, self.tracker.transport))
+        self.tracker._open(lazy=True)
         self._flusher = Flusher(self.tracker, self.max_buffer, name=f"hamustro-{id(self):x}")
         self._flusher.start()
 

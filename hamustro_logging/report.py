@@ -57,15 +57,20 @@ class Reporter:
         except Exception:  # noqa: S110 - a closed stderr must not break the app
             pass
 
-    def problem(self, kind: str, message: str) -> None:
-        """A failure of ``kind``: said if new, changed, or not said for a while."""
+    def problem(self, kind: str, message: str, detail: str = "") -> None:
+        """A failure of ``kind``: said if new, changed, or not said for a while.
+
+        ``message`` is the cause, compared to decide whether the streak goes
+        on; ``detail`` (counts, delays) is printed with it but not compared.
+        """
         now = time.monotonic()
         with self._lock:
             old = self._streaks.get(kind)
             count = old[2] + 1 if old else 1
             if old is None or old[0] != message or now - old[1] >= self.remind_after:
                 self._streaks[kind] = (message, now, count)
-                self._say(message if count == 1 else f"{message} ({count} failures so far)")
+                line = message + detail
+                self._say(line if count == 1 else f"{line} ({count} failures so far)")
             else:
                 self._streaks[kind] = (old[0], old[1], count)
 

@@ -8,8 +8,10 @@ trigger fires, sends on the caller's thread.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import sqlite3
 import socket
 import threading
 import time
@@ -39,6 +41,14 @@ def default_queue_dir(client_id: str) -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     safe = re.sub(r"[^A-Za-z0-9._-]", "_", client_id)[:64]
     return Path(base) / "hamustro-logging" / f"{safe}-{md5hex(client_id)[:8]}"
+
+
+def _file_id(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def _required(name: str, value: object) -> str:
@@ -161,6 +171,7 @@ class ClientTracker:
         max_queue_bytes: int = 1 << 30,
         backoff_base: float = 1.0,
         backoff_cap: float = 300.0,
+        open_lazily: bool = False,
     ) -> None:
         url = _required("collector_url", collector_url)
         if urlsplit(url).scheme not in ("http", "https"):
@@ -202,19 +213,67 @@ class ClientTracker:
         self._ip = _IpFinder(url) if detect_ip else None
         self.stats_counters = Stats()
         self.reporter = Reporter(secrets=[secret])
-        self._open()
+        self._open(lazy=open_lazily)
 
-    def _open(self) -> None:
-        """Open the queue and the transport (again in a forked child)."""
-        self.queue = Queue(self.queue_dir, **self._queue_options)
-        self._hid = self.queue.register_header(self.session, self._header)
+    def _open(self, lazy: bool = False) -> None:
+        """Open the queue and the transport (again in a forked child).
+
+        ``lazy``: if the queue folder cannot be opened now, say so and open
+        it on first use instead of raising (the handler must not stop the
+        application from starting because a disk is full).
+        """
+        self._queue: Queue | None = None
+        self._db_id: tuple[int, int] | None = None
+        self._store_lock = threading.Lock()
         self.transport = Transport(self._url, self._secret, **self._transport_options)
         self.delivery = Delivery(
-            self.queue, self.transport, self.reporter, self.stats_counters,
+            lambda: self.queue, self.transport, self.reporter, self.stats_counters,
             max_batch_events=self._queue_options["chunk_events"],
             max_batch_bytes=self._queue_options["chunk_bytes"] * 2, backoff=self._backoff,
         )  # fmt: skip
-        self._store_lock = threading.Lock()
+        try:
+            self._open_queue()
+        except Exception as exc:
+            if not lazy:
+                raise
+            self.reporter.problem("store", f"cannot open the queue in {self.queue_dir}: {exc!r}")
+
+    def _open_queue(self) -> Queue:
+        """Open the folder's queue; a database file that is not one is set aside."""
+        try:
+            queue = Queue(self.queue_dir, **self._queue_options)
+        except sqlite3.DatabaseError as exc:
+            if isinstance(exc, sqlite3.OperationalError):
+                raise  # locked, unwritable, disk full: not corruption; retried later
+            aside = self.queue_dir / f"cache.db.corrupt-{int(time.time())}"
+            os.replace(self.queue_dir / "cache.db", aside)
+            for suffix in ("-wal", "-shm"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(self.queue_dir / f"cache.db{suffix}")
+            self.reporter.once(
+                f"the queue database in {self.queue_dir} is corrupt ({exc}); "
+                f"moved it to {aside.name} and started a new one"
+            )
+            queue = Queue(self.queue_dir, **self._queue_options)
+        self._hid = queue.register_header(self.session, self._header)
+        self._db_id = _file_id(self.queue_dir / "cache.db")
+        self._queue = queue
+        return queue
+
+    @property
+    def queue(self) -> Queue:
+        """The queue, opened again if its folder or database file was removed or replaced.
+
+        SQLite would otherwise go on writing into a deleted file, and every
+        event after the deletion would be lost at the next start.
+        """
+        queue = self._queue
+        if queue is None or _file_id(self.queue_dir / "cache.db") != self._db_id:
+            if queue is not None:
+                self.reporter.once(f"the queue in {self.queue_dir} was removed; opening a new one")
+                queue.close()
+            queue = self._open_queue()
+        return queue
 
     def __repr__(self) -> str:  # never the secret
         return (
@@ -284,14 +343,15 @@ class ClientTracker:
         """
         default_ip = self._ip.get() if self._ip is not None else None
         with self._store_lock:
-            done = self.queue.append(self.session, self._hid, events, default_ip)
+            queue = self.queue
+            done = queue.append(self.session, self._hid, events, default_ip)
         self.stats_counters.add("queued", done.stored)
         if done.dropped:
             self.stats_counters.drop("queue_full", done.dropped)
             self.reporter.problem(
                 "queue_full",
-                f"the queue in {self.queue_dir} is full ({self.queue.max_events} events or "
-                f"{self.queue.max_bytes} bytes unsent); new events are dropped until it drains",
+                f"the queue in {self.queue_dir} is full ({queue.max_events} events or "
+                f"{queue.max_bytes} bytes unsent); new events are dropped until it drains",
             )
         else:
             self.reporter.recovered("queue_full", "the queue has room again")
@@ -325,19 +385,27 @@ class ClientTracker:
         From the queue folder (all processes that share it): ``pending``
         (unsent events), ``queue_bytes`` (their encoded size),
         ``rejected_in_queue`` (events set aside after a 400) and
-        ``last_sync`` (epoch seconds of the last 200).
+        ``last_sync`` (epoch seconds of the last 200); all None, and
+        ``storage_error`` set, while the folder cannot be used.
         """
         out = self.stats_counters.snapshot()
-        out["pending"] = self.queue.pending_count()
-        out["queue_bytes"] = self.queue.pending_bytes()
-        out["last_sync"] = self.queue.last_sync()
-        out["rejected_in_queue"] = self.queue.rejected_count()
+        try:
+            queue = self.queue
+            out["pending"] = queue.pending_count()
+            out["queue_bytes"] = queue.pending_bytes()
+            out["last_sync"] = queue.last_sync()
+            out["rejected_in_queue"] = queue.rejected_count()
+            out["storage_error"] = None
+        except Exception as exc:  # the folder is unusable now: say so, do not raise
+            out.update(pending=None, queue_bytes=None, last_sync=None, rejected_in_queue=None)
+            out["storage_error"] = f"{type(exc).__name__}: {exc}"
         return out
 
     def close(self) -> None:
         """Close the HTTP session and this thread's database connection."""
         self.transport.close()
-        self.queue.close()
+        if self._queue is not None:
+            self._queue.close()
 
     def __enter__(self) -> ClientTracker:
         return self

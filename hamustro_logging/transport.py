@@ -109,13 +109,8 @@ class Transport:
             response = self._session.post(
                 self.url, data=body, headers=headers, timeout=timeout, verify=self.verify
             )
-        except requests.ConnectionError as exc:
-            refused = isinstance(exc, requests.exceptions.ConnectTimeout) or _refused(exc)
-            return Answer(None, f"connection failed: {_short(exc)}", sent=not refused)
-        except requests.Timeout as exc:
-            return Answer(None, f"no answer within {timeout[1]:g} s: {_short(exc)}")
         except requests.RequestException as exc:
-            return Answer(None, f"request failed: {_short(exc)}")
+            return _failure(exc, timeout[1])
         response.close()
         return Answer(response.status_code, None, _retry_after(response.headers.get("Retry-After")))
 
@@ -123,17 +118,35 @@ class Transport:
         self._session.close()
 
 
-def _refused(exc: BaseException) -> bool:
-    while exc is not None:
-        if isinstance(exc, ConnectionRefusedError):
-            return True
-        text = str(exc)
-        if "Connection refused" in text or "NewConnectionError" in text:
-            return True
-        exc = exc.__context__ or exc.__cause__  # type: ignore[assignment]
-    return False
+def _failure(exc: requests.RequestException, read_timeout: float) -> Answer:
+    """A stable one-line cause (no object addresses: the reporter compares lines).
+
+    ``sent`` is False only where the request cannot have reached the
+    collector: the connection was never made.
+    """
+    text = " ".join(str(e) for e in _chain(exc))
+    if isinstance(exc, requests.exceptions.ConnectTimeout):
+        return Answer(None, "connection timed out", sent=False)
+    if isinstance(exc, requests.exceptions.SSLError):
+        return Answer(None, "TLS error (certificate or protocol); see `verify`", sent=False)
+    if isinstance(exc, requests.Timeout):
+        return Answer(None, f"no answer within {read_timeout:g} s")
+    if any(isinstance(e, ConnectionRefusedError) for e in _chain(exc)) or "refused" in text:
+        return Answer(None, "connection refused", sent=False)
+    if "Name or service not known" in text or "NameResolution" in text or "getaddrinfo" in text:
+        return Answer(None, "cannot resolve the collector's host name", sent=False)
+    if isinstance(exc, requests.ConnectionError):
+        return Answer(None, "connection dropped without an answer")
+    return Answer(None, f"request failed ({type(exc).__name__})")
 
 
-def _short(exc: BaseException) -> str:
-    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return text[:300]
+def _chain(exc: BaseException) -> list[BaseException]:
+    seen: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in seen:
+        seen.append(current)
+        current = current.__cause__ or current.__context__
+        if current is None and seen[-1].args:
+            inner = seen[-1].args[0]
+            current = inner if isinstance(inner, BaseException) else None
+    return seen

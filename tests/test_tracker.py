@@ -169,7 +169,7 @@ def test_dead_collector_does_not_raise(tmp_path: Path) -> None:
         assert t.track_event("e") == 1
         assert t.track_event("e") == 2  # the backoff skips the send: no second wait
         assert t.flush(timeout=2) is False
-        assert "connection failed" in (t.stats()["last_error"] or "")
+        assert "connection refused" in (t.stats()["last_error"] or "")
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,97 @@
+"""Storage faults: the app keeps running, the handler says what is wrong, and recovers."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from hamustro_logging import HamustroHandler
+from hamustro_logging.collector import DevCollector
+
+from ..support import tracker_config
+
+
+@pytest.fixture
+def log() -> Iterator[logging.Logger]:
+    logger = logging.getLogger("tests.storage")
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    yield logger
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+        handler.close()
+
+
+def emit(log: logging.Logger, n: int, start: int = 0) -> None:
+    for i in range(start, start + n):
+        log.info("e", extra={"event": "e", "user_id": i})
+
+
+def test_unusable_folder_at_start_then_it_comes_back(
+    tmp_path: Path, collector: DevCollector, log: logging.Logger, capfd: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "queue"
+    folder.write_text("a file where the queue folder should be")
+    handler = HamustroHandler(**tracker_config(collector, folder, queue_size=10**6))
+    log.addHandler(handler)  # the app started: the handler did not stop it
+    emit(log, 5)
+    assert handler.flush(timeout=0.5) is False
+    err = capfd.readouterr().err
+    assert "cannot open the queue" in err or "cannot write the queue" in err
+    assert handler.stats()["buffered"] == 5  # kept in memory, not dropped
+    folder.unlink()  # storage comes back
+    assert handler.flush(timeout=10) is True
+    assert sorted(e["user_id"] for e in collector.wait_for(5)) == [0, 1, 2, 3, 4]
+    assert "writable again" in capfd.readouterr().err
+
+
+def test_folder_deleted_under_a_running_app(
+    tmp_path: Path, collector: DevCollector, log: logging.Logger, capfd: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "queue"
+    handler = HamustroHandler(**tracker_config(collector, folder, queue_size=10**6))
+    log.addHandler(handler)
+    emit(log, 3)
+    assert handler.flush(timeout=10)
+    shutil.rmtree(folder)
+    emit(log, 3, start=3)
+    assert handler.flush(timeout=10)
+    received = collector.wait_for(6)
+    assert sorted(e["user_id"] for e in received) == [0, 1, 2, 3, 4, 5]
+    assert (folder / "cache.db").exists()
+    assert "was removed" in capfd.readouterr().err
+
+
+def test_events_after_the_folder_vanished_are_not_written_into_the_void(
+    tmp_path: Path, log: logging.Logger
+) -> None:
+    folder = tmp_path / "queue"
+    config = tracker_config("http://127.0.0.1:9", folder, queue_size=10**6, durable=True)
+    handler = HamustroHandler(**config)
+    log.addHandler(handler)
+    emit(log, 2)
+    shutil.rmtree(folder)
+    emit(log, 3)
+    # The three later events are in the new database, where a restart finds them.
+    assert handler.stats()["pending"] == 3
+    assert handler.tracker.queue.pending_count() == 3
+
+
+def test_a_corrupt_database_is_set_aside_and_a_new_one_used(
+    tmp_path: Path, collector: DevCollector, log: logging.Logger, capfd: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "queue"
+    folder.mkdir()
+    (folder / "cache.db").write_bytes(b"this is not an SQLite database" * 100)
+    handler = HamustroHandler(**tracker_config(collector, folder, queue_size=10**6))
+    log.addHandler(handler)
+    emit(log, 2)
+    assert handler.flush(timeout=10)
+    assert len(collector.wait_for(2)) == 2
+    assert "corrupt" in capfd.readouterr().err
+    aside = list(folder.glob("cache.db.corrupt-*"))
+    assert len(aside) == 1 and aside[0].read_bytes().startswith(b"this is not")
