@@ -9,10 +9,10 @@ queue's leases.
 from __future__ import annotations
 
 import socket
-from collections.abc import Callable
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .queue import Batch, Queue, Settled
@@ -105,9 +105,7 @@ class Delivery:
                 break
         return DrainResult(sent, failed, queue.pending_count())
 
-    def _bisect(
-        self, queue: Queue, batch: Batch, deadline: float | None
-    ) -> tuple[Settled, Answer]:
+    def _bisect(self, queue: Queue, batch: Batch, deadline: float | None) -> tuple[Settled, Answer]:
         """Find the payloads a 400 refers to by sending halves; set those aside.
 
         The collector refuses a whole collection for one bad payload. Halves

@@ -12,15 +12,24 @@ import logging
 import os
 import sys
 import weakref
-from collections.abc import Sequence
 from typing import Any
 
+from .config import Spec, resolve
 from .flusher import Flusher
-from .mapping import DEFAULT_MAX_EVENT_BYTES, EventError, map_record
-from .tracker import ClientTracker
+from .mapping import EventError, map_record
+from .tracker import TRACKER_OPTIONS, ClientTracker
 from .wire import Event
 
-__all__ = ["HamustroHandler"]
+__all__ = ["HANDLER_OPTIONS", "HamustroHandler"]
+
+#: The handler's own options (beyond ``TRACKER_OPTIONS``), with their defaults;
+#: each may also come from its ``HAMUSTRO_*`` environment variable.
+HANDLER_OPTIONS: dict[str, Spec] = {
+    "is_testing": ("bool", False),
+    "durable": ("bool", False),
+    "close_timeout": (float, 5.0),
+    "max_buffer": (int, 100_000),
+}
 
 #: Loggers whose records never become events, so nothing can loop back: the
 #: library's own, and the HTTP stack it sends with.
@@ -44,7 +53,8 @@ class HamustroHandler(logging.Handler):
     """Send records that carry an ``event`` attribute to a Hamustro collector.
 
     Takes ``ClientTracker``'s arguments, all as keywords (so it works from
-    ``logging.config.dictConfig``), plus:
+    ``logging.config.dictConfig``); any left out comes from its ``HAMUSTRO_*``
+    environment variable, else its default. Plus its own:
 
     * ``is_testing`` (False): the default ``is_testing`` of events;
     * ``durable`` (False): store each event on disk before ``emit`` returns
@@ -74,62 +84,57 @@ class HamustroHandler(logging.Handler):
 
     def __init__(
         self,
-        collector_url: str,
-        shared_secret_key: str,
-        device_id: str,
-        client_id: str,
-        system_version: str,
-        product_version: str,
+        collector_url: str | None = None,
+        shared_secret_key: str | None = None,
+        device_id: str | None = None,
+        client_id: str | None = None,
+        system_version: str | None = None,
+        product_version: str | None = None,
         system: str | None = None,
         product_git_hash: str | None = None,
-        queue_size: int = 20,
-        queue_retention: float = 1440,
+        queue_size: int | None = None,
+        queue_retention: float | None = None,
         queue_dir: str | os.PathLike[str] | None = None,
         *,
         level: int | str = logging.NOTSET,
-        is_testing: bool = False,
-        durable: bool = False,
-        close_timeout: float = 5.0,
-        max_buffer: int = 100_000,
-        detect_ip: bool = True,
-        timeout: float | Sequence[float] = (3.05, 10.0),
-        verify: bool | str = True,
-        max_batch_events: int = 500,
-        max_batch_bytes: int = 512 * 1024,
-        max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
-        max_queue_events: int = 10_000_000,
-        max_queue_bytes: int = 1 << 30,
-        backoff_base: float = 1.0,
-        backoff_cap: float = 300.0,
+        is_testing: bool | None = None,
+        durable: bool | None = None,
+        close_timeout: float | None = None,
+        max_buffer: int | None = None,
+        **tracker_options: Any,
     ) -> None:
         # Everything that can fail comes before logging.Handler.__init__, which
         # registers the handler for logging.shutdown(): a handler whose
         # constructor raised must leave nothing behind for shutdown to call.
-        for name, value in (("is_testing", is_testing), ("durable", durable)):
-            if not isinstance(value, bool):
-                raise TypeError(f"{name} must be bool, got {type(value).__name__}")
+        o = resolve(locals(), HANDLER_OPTIONS)
+        for name in ("is_testing", "durable"):
+            if not isinstance(o[name], bool):
+                raise TypeError(f"{name} must be bool, got {type(o[name]).__name__}")
+        close_timeout, max_buffer = o["close_timeout"], o["max_buffer"]
         if (
             isinstance(close_timeout, bool)
             or not isinstance(close_timeout, (int, float))
-            or close_timeout < 0
+            or not close_timeout >= 0
         ):
             raise ValueError(f"close_timeout must be seconds >= 0, got {close_timeout!r}")
         if isinstance(max_buffer, bool) or not isinstance(max_buffer, int) or max_buffer < 1:
             raise ValueError(f"max_buffer must be an int >= 1, got {max_buffer!r}")
+        unknown = set(tracker_options) - set(TRACKER_OPTIONS)
+        if unknown:
+            raise TypeError(
+                f"HamustroHandler got unexpected option(s): {', '.join(sorted(unknown))}"
+            )
         self.tracker = ClientTracker(
             collector_url, shared_secret_key, device_id, client_id, system_version,
             product_version, system, product_git_hash, queue_size, queue_retention, queue_dir,
-            detect_ip=detect_ip, timeout=timeout, verify=verify, max_batch_events=max_batch_events,
-            max_batch_bytes=max_batch_bytes, max_event_bytes=max_event_bytes,
-            max_queue_events=max_queue_events, max_queue_bytes=max_queue_bytes,
-            backoff_base=backoff_base, backoff_cap=backoff_cap, open_lazily=True,
+            open_lazily=True, **tracker_options,
         )  # fmt: skip
         super().__init__(level)
-        self.is_testing = is_testing
-        self.durable = durable
+        self.is_testing: bool = o["is_testing"]
+        self.durable: bool = o["durable"]
         self.close_timeout = float(close_timeout)
         self.max_buffer = max_buffer
-        self.max_event_bytes = max_event_bytes
+        self.max_event_bytes = self.tracker.max_event_bytes
         self._closed = False
         self._flusher = Flusher(self.tracker, max_buffer, name=f"hamustro-{id(self):x}")
         self._flusher.start()

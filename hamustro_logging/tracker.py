@@ -11,8 +11,8 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import sqlite3
 import socket
+import sqlite3
 import threading
 import time
 from collections.abc import Sequence
@@ -20,6 +20,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from .config import (
+    REQUIRED,
+    Spec,
+    default_device_id,
+    default_system,
+    default_system_version,
+    resolve,
+)
 from .delivery import Delivery, DrainResult
 from .mapping import DEFAULT_MAX_EVENT_BYTES, build_event
 from .queue import Appended, Queue, QueueFull, SessionInfo
@@ -29,7 +37,33 @@ from .stats import Stats
 from .transport import Transport
 from .wire import Event, collection_header, md5hex, session_id, sha256hex
 
-__all__ = ["ClientTracker", "default_queue_dir"]
+__all__ = ["TRACKER_OPTIONS", "ClientTracker", "default_queue_dir"]
+
+#: Every option: its type (for its ``HAMUSTRO_*`` environment variable) and
+#: its default. The README's options table lists the same.
+TRACKER_OPTIONS: dict[str, Spec] = {
+    "collector_url": (str, REQUIRED),
+    "shared_secret_key": (str, REQUIRED),
+    "device_id": (str, default_device_id),
+    "client_id": (str, REQUIRED),
+    "system_version": (str, default_system_version),
+    "product_version": (str, REQUIRED),
+    "system": (str, default_system),
+    "product_git_hash": (str, None),
+    "queue_size": (int, 20),
+    "queue_retention": (float, 1440.0),
+    "queue_dir": (str, None),
+    "detect_ip": ("bool", True),
+    "timeout": ("timeout", (3.05, 10.0)),
+    "verify": ("verify", True),
+    "max_batch_events": (int, 500),
+    "max_batch_bytes": (int, 512 * 1024),
+    "max_event_bytes": (int, DEFAULT_MAX_EVENT_BYTES),
+    "max_queue_events": (int, 10_000_000),
+    "max_queue_bytes": (int, 1 << 30),
+    "backoff_base": (float, 1.0),
+    "backoff_cap": (float, 300.0),
+}
 
 
 def default_queue_dir(client_id: str) -> Path:
@@ -149,30 +183,45 @@ class ClientTracker:
 
     def __init__(
         self,
-        collector_url: str,
-        shared_secret_key: str,
-        device_id: str,
-        client_id: str,
-        system_version: str,
-        product_version: str,
+        collector_url: str | None = None,
+        shared_secret_key: str | None = None,
+        device_id: str | None = None,
+        client_id: str | None = None,
+        system_version: str | None = None,
+        product_version: str | None = None,
         system: str | None = None,
         product_git_hash: str | None = None,
-        queue_size: int = 20,
-        queue_retention: float = 1440,
+        queue_size: int | None = None,
+        queue_retention: float | None = None,
         queue_dir: str | os.PathLike[str] | None = None,
         *,
-        detect_ip: bool = True,
-        timeout: float | Sequence[float] = (3.05, 10.0),
-        verify: bool | str = True,
-        max_batch_events: int = 500,
-        max_batch_bytes: int = 512 * 1024,
-        max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
-        max_queue_events: int = 10_000_000,
-        max_queue_bytes: int = 1 << 30,
-        backoff_base: float = 1.0,
-        backoff_cap: float = 300.0,
+        detect_ip: bool | None = None,
+        timeout: float | Sequence[float] | None = None,
+        verify: bool | str | None = None,
+        max_batch_events: int | None = None,
+        max_batch_bytes: int | None = None,
+        max_event_bytes: int | None = None,
+        max_queue_events: int | None = None,
+        max_queue_bytes: int | None = None,
+        backoff_base: float | None = None,
+        backoff_cap: float | None = None,
         open_lazily: bool = False,
     ) -> None:
+        o = resolve(locals(), TRACKER_OPTIONS)
+        collector_url, shared_secret_key = o["collector_url"], o["shared_secret_key"]
+        device_id, client_id = o["device_id"], o["client_id"]
+        system_version, product_version = o["system_version"], o["product_version"]
+        system, product_git_hash = o["system"], o["product_git_hash"]
+        queue_size, queue_retention, queue_dir = (
+            o["queue_size"],
+            o["queue_retention"],
+            o["queue_dir"],
+        )
+        detect_ip, timeout, verify = o["detect_ip"], o["timeout"], o["verify"]
+        max_batch_events, max_batch_bytes = o["max_batch_events"], o["max_batch_bytes"]
+        max_event_bytes = o["max_event_bytes"]
+        max_queue_events, max_queue_bytes = o["max_queue_events"], o["max_queue_bytes"]
+        backoff_base, backoff_cap = o["backoff_base"], o["backoff_cap"]
         url = _required("collector_url", collector_url)
         if urlsplit(url).scheme not in ("http", "https"):
             raise ValueError(f"collector_url must be an http:// or https:// URL, got {url!r}")

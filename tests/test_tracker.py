@@ -178,7 +178,7 @@ def test_dead_collector_does_not_raise(tmp_path: Path) -> None:
         ("collector_url", "", ValueError),
         ("collector_url", "ftp://x", ValueError),
         ("shared_secret_key", "", ValueError),
-        ("device_id", None, TypeError),
+        ("device_id", 3, TypeError),
         ("client_id", "", ValueError),
         ("system_version", 3, TypeError),
         ("product_version", "", ValueError),

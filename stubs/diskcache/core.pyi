@@ -6,3 +6,4 @@ MODE_BINARY: int
 MODE_TEXT: int
 MODE_PICKLE: int
 DEFAULT_SETTINGS: dict[str, Any]
+DBNAME: str

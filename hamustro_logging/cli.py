@@ -1,0 +1,775 @@
+"""The ``hamustro-logging`` command: look into a queue folder, send it, test a collector.
+
+Subcommands (each has ``--help``):
+
+``status``
+    Per session: pending, leased and rejected events, the age of the oldest
+    pending event and the last ``nr``; for the folder: the last sync, bytes
+    on disk and pending bytes. A table, or one JSON document with ``--json``.
+``flush``
+    Send everything pending in the folder (every session, each with its own
+    stored header), with a progress bar on a terminal; exit 0 if nothing is left.
+``send-test``
+    Send one ``is_testing`` event straight to the collector (not through the
+    queue) and say in plain words what the answer means.
+``export``
+    Print every pending (or, with ``--rejected``, rejected) event as one JSON line.
+``retry-rejected``
+    Move the events the collector refused with 400 back to pending.
+``collector``
+    Run the local development collector (``python -m hamustro_logging.collector``).
+
+``status``, ``export`` and ``retry-rejected`` take the folder (``--queue-dir``)
+or the ``client_id`` whose default folder to use (``--client-id``). ``flush``
+and ``send-test`` take the tracker's configuration. Every option falls back
+to the ``HAMUSTRO_<NAME>`` environment variable. The command never creates a
+queue folder, and it never prints the shared secret.
+
+Exit codes: 0 success, 1 the operation failed or left something unsent, 2 a
+usage or configuration error. The CLI holds no business logic of its own: it
+calls :class:`~hamustro_logging.queue.Queue`, :class:`ClientTracker` and
+:class:`~hamustro_logging.transport.Transport`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import json
+import os
+import sqlite3
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, TextIO
+from urllib.parse import urlsplit, urlunsplit
+
+import diskcache
+import diskcache.core
+from google.protobuf.message import DecodeError
+
+from . import __version__, collector, payload_pb2
+from .mapping import EventError, build_event
+from .queue import Queue, QueueCorrupt
+from .tracker import ClientTracker, default_queue_dir
+from .transport import Answer, Transport
+from .wire import collection_header, encode_payload, session_id, sha256hex
+
+__all__ = ["build_parser", "main"]
+
+PROG = "hamustro-logging"
+PREFIX = f"{PROG}: "
+
+#: A progress bar is worth drawing only when flushing takes a while.
+PROGRESS_MIN_EVENTS = 1000
+
+#: Errors reading a queue folder: permissions, a locked or damaged database.
+_QUEUE_ERRORS = (OSError, sqlite3.Error, QueueCorrupt, diskcache.Timeout)
+
+
+class UsageError(Exception):
+    """A usage or configuration error: one line on stderr, exit code 2."""
+
+
+class Failure(Exception):
+    """The operation failed: one line on stderr, exit code 1."""
+
+
+# -- configuration ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Setting:
+    """One tracker option: its ``--flag``, its environment variable, whether required."""
+
+    name: str
+    required: bool
+    help: str
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def env(self) -> str:
+        return "HAMUSTRO_" + self.name.upper()
+
+
+_SETTINGS = (
+    _Setting("collector_url", True, "the collector's base URL"),
+    _Setting(
+        "shared_secret_key",
+        True,
+        "signs each request; prefer the environment variable, an argument shows in `ps`",
+    ),
+    _Setting("device_id", True, "the raw device id (hashed with SHA-256 before use)"),
+    _Setting("client_id", True, "the client id"),
+    _Setting("system_version", True, "the system version"),
+    _Setting("product_version", True, "the product version"),
+    _Setting("queue_dir", False, "the queue folder (default: the client_id's default folder)"),
+    _Setting("timeout", False, "seconds, or CONNECT,READ seconds (default 3.05,10)"),
+)
+
+
+def _add_config_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "configuration", "Each option defaults to its environment variable, shown in brackets."
+    )
+    for setting in _SETTINGS:
+        group.add_argument(
+            setting.flag,
+            dest=setting.name,
+            metavar=setting.name.upper(),
+            help=f"{setting.help} [${setting.env}]",
+        )
+
+
+def _config(args: argparse.Namespace) -> dict[str, str]:
+    """Every given setting, from its option or else its environment variable.
+
+    Raises :class:`UsageError` naming each missing required option and its variable.
+    """
+    values: dict[str, str] = {}
+    missing: list[str] = []
+    for setting in _SETTINGS:
+        value = getattr(args, setting.name) or os.environ.get(setting.env) or ""
+        if value:
+            values[setting.name] = value
+        elif setting.required:
+            missing.append(f"{setting.flag} (or set {setting.env})")
+    if missing:
+        raise UsageError("missing configuration: " + ", ".join(missing))
+    for name, value in values.items():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise UsageError(f"{name} is not valid Unicode") from None
+    if urlsplit(values["collector_url"]).scheme not in ("http", "https"):
+        raise UsageError(
+            f"collector_url must be an http:// or https:// URL, got {values['collector_url']!r}"
+        )
+    return values
+
+
+def _timeout(config: dict[str, str]) -> tuple[float, float]:
+    """The (connect, read) timeout from ``--timeout``.
+
+    >>> _timeout({"timeout": "2"}), _timeout({"timeout": "1,5.5"}), _timeout({})
+    ((2.0, 2.0), (1.0, 5.5), (3.05, 10.0))
+    """
+    text = config.get("timeout")
+    if text is None:
+        return (3.05, 10.0)
+    try:
+        parts = [float(part) for part in text.split(",")]
+    except ValueError:
+        parts = []
+    if len(parts) == 1:
+        parts *= 2
+    if len(parts) != 2 or not all(0 < part < float("inf") for part in parts):
+        raise UsageError(
+            f"--timeout (or HAMUSTRO_TIMEOUT) must be seconds > 0 or CONNECT,READ, got {text!r}"
+        )
+    return parts[0], parts[1]
+
+
+def _shown_url(url: str) -> str:
+    """``url`` without a password, for messages.
+
+    >>> _shown_url("https://user:pw@host:8443/x")
+    'https://user:***@host:8443/x'
+    """
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{netloc}"))
+
+
+# -- the queue folder ------------------------------------------------------------------
+
+
+def _add_queue_options(parser: argparse.ArgumentParser) -> None:
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument(
+        "--queue-dir", metavar="DIR", help="the queue folder [$HAMUSTRO_QUEUE_DIR]"
+    )
+    where.add_argument(
+        "--client-id",
+        metavar="ID",
+        help="use the default queue folder of this client_id [$HAMUSTRO_CLIENT_ID]",
+    )
+
+
+def _queue_dir(queue_dir: str | None, client_id: str | None) -> Path:
+    """The folder: ``--queue-dir``, ``--client-id``, $HAMUSTRO_QUEUE_DIR, $HAMUSTRO_CLIENT_ID."""
+    queue_dir = queue_dir or (None if client_id else os.environ.get("HAMUSTRO_QUEUE_DIR"))
+    client_id = client_id or os.environ.get("HAMUSTRO_CLIENT_ID")
+    if queue_dir:
+        return Path(queue_dir)
+    if client_id:
+        return default_queue_dir(client_id)
+    raise UsageError(
+        "say which queue: --queue-dir DIR or --client-id ID "
+        "(or set HAMUSTRO_QUEUE_DIR or HAMUSTRO_CLIENT_ID)"
+    )
+
+
+def _existing_queue(directory: Path) -> Path:
+    """``directory`` if it holds a queue; otherwise UsageError (opening one would create it)."""
+    if not directory.is_dir():
+        raise UsageError(f"no queue folder at {directory} (nothing was created)")
+    if not (directory / diskcache.core.DBNAME).is_file():
+        raise UsageError(f"{directory} is not a queue folder: it has no {diskcache.core.DBNAME}")
+    return directory
+
+
+@contextlib.contextmanager
+def _open_queue(directory: Path) -> Iterator[Queue]:
+    """Open an existing queue folder; errors reading it become :class:`Failure`."""
+    _existing_queue(directory)
+    try:
+        queue = Queue(directory)
+    except _QUEUE_ERRORS as exc:
+        raise Failure(f"cannot open the queue in {directory}: {exc}") from None
+    try:
+        yield queue
+    except BrokenPipeError:
+        raise  # stdout's reader is gone: not the queue's fault
+    except _QUEUE_ERRORS as exc:
+        raise Failure(f"cannot read the queue in {directory}: {exc}") from None
+    finally:
+        queue.close()
+
+
+def _payload(frame: bytes) -> payload_pb2.Payload:
+    """Decode one stored frame (a ``Collection.payloads`` entry: tag, length, Payload).
+
+    A frame is a valid ``Collection`` with one payload, so protobuf strips the prefix.
+
+    >>> from hamustro_logging.wire import Event, encode_payload
+    >>> _payload(encode_payload(Event(1454514088, b"signup"), 7)).nr
+    7
+    """
+    return payload_pb2.Collection.FromString(frame).payloads[0]
+
+
+def _text(value: str | bytes) -> str:
+    # upb may hand back bytes for a string field holding invalid UTF-8.
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
+def _utc(epoch: float) -> str | None:
+    """ISO 8601 UTC, whole seconds.
+
+    >>> _utc(1454514088)
+    '2016-02-03T15:41:28Z'
+    """
+    try:
+        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
+    except (OverflowError, OSError, ValueError):
+        return None
+
+
+def _age(seconds: float) -> str:
+    """A short human age, two units at most.
+
+    >>> _age(7), _age(192), _age(3725), _age(90061)
+    ('7s', '3m 12s', '1h 2m', '1d 1h')
+    """
+    left = max(0, int(seconds))
+    parts: list[str] = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if left >= size or (unit == "s" and not parts):
+            parts.append(f"{left // size}{unit}")
+            left %= size
+        if len(parts) == 2 or (parts and left == 0):
+            break
+    return " ".join(parts)
+
+
+def _folder_bytes(directory: Path) -> int:
+    """Sum of the sizes of the files in ``directory`` (diskcache nests large values)."""
+    total = 0
+    for root, _, files in os.walk(directory):
+        for name in files:
+            with contextlib.suppress(OSError):  # removed meanwhile
+                total += os.path.getsize(os.path.join(root, name))
+    return total
+
+
+# -- status ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SessionStatus:
+    """One row of ``status``."""
+
+    session: str
+    pending: int
+    leased: int
+    rejected: int
+    oldest_nr: int | None
+    oldest_at: int | None
+    last_nr: int | None
+
+
+def _oldest_at(queue: Queue, oldest_nr: dict[str, int]) -> dict[str, int]:
+    """``at`` of each session's oldest pending event, reading no further than needed.
+
+    Chunks are stored sorted by session, header and ``nr``, so the scan
+    stops as soon as every session's oldest event was seen.
+    """
+    found: dict[str, int] = {}
+    if not oldest_nr:
+        return found
+    for session, _, nr, frame in queue.iter_events():
+        if oldest_nr.get(session) == nr:
+            found[session] = _payload(frame).at
+            if len(found) == len(oldest_nr):
+                break
+    return found
+
+
+def _status(queue: Queue, directory: Path) -> dict[str, Any]:
+    """The ``status --json`` document."""
+    now = time.time()
+    infos = {info.session: info for info in queue.sessions()}
+    rejected = collections.Counter(session for session, *_ in queue.iter_events(rejected=True))
+    last = queue.last_numbers()
+    oldest = _oldest_at(queue, {s: info.oldest_nr for s, info in infos.items()})
+    rows = []
+    for session in sorted(set(infos) | set(rejected)):
+        info = infos.get(session)
+        at = oldest.get(session)
+        row = SessionStatus(
+            session=session,
+            pending=info.pending if info else 0,
+            leased=info.leased if info else 0,
+            rejected=rejected[session],
+            oldest_nr=info.oldest_nr if info else None,
+            oldest_at=at,
+            last_nr=last.get(session),
+        )
+        rows.append(
+            asdict(row)
+            | {
+                "oldest_at_utc": None if at is None else _utc(at),
+                "oldest_age_seconds": None if at is None else round(now - at, 3),
+            }
+        )
+    last_sync = queue.last_sync()
+    return {
+        "queue_dir": str(directory),
+        "pending": queue.pending_count(),
+        "pending_bytes": queue.pending_bytes(),
+        "rejected": queue.rejected_count(),
+        "bytes_on_disk": _folder_bytes(directory),
+        "last_sync": last_sync,
+        "last_sync_utc": _utc(last_sync),
+        "last_sync_age_seconds": round(now - last_sync, 3),
+        "sessions_seen": len(last),
+        "sessions": rows,
+    }
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def _status_table(doc: dict[str, Any]) -> str:
+    """``status`` for people."""
+    lines = [
+        f"queue folder  {doc['queue_dir']}",
+        f"last sync     {doc['last_sync_utc']} ({_age(doc['last_sync_age_seconds'])} ago)",
+        f"pending       {_plural(doc['pending'], 'event')}, {doc['pending_bytes']} bytes",
+        f"rejected      {_plural(doc['rejected'], 'event')}",
+        f"on disk       {doc['bytes_on_disk']} bytes",
+        "",
+    ]
+    rows: list[dict[str, Any]] = doc["sessions"]
+    if not rows:
+        lines.append(f"nothing pending or rejected ({_plural(doc['sessions_seen'], 'session')} seen)")
+        return "\n".join(lines)
+    head = ("session", "pending", "leased", "rejected", "oldest pending", "last nr")
+    table = [head] + [
+        (
+            row["session"],
+            str(row["pending"]),
+            str(row["leased"]),
+            str(row["rejected"]),
+            "-" if row["oldest_age_seconds"] is None else _age(row["oldest_age_seconds"]),
+            "-" if row["last_nr"] is None else str(row["last_nr"]),
+        )
+        for row in rows
+    ]
+    widths = [max(len(r[i]) for r in table) for i in range(len(head))]
+    for r in table:
+        cells = [r[0].ljust(widths[0])]
+        cells += [cell.rjust(width) for cell, width in zip(r[1:4], widths[1:4], strict=True)]
+        cells += [r[4].ljust(widths[4]), r[5].rjust(widths[5])]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    directory = _queue_dir(args.queue_dir, args.client_id)
+    with _open_queue(directory) as queue:
+        doc = _status(queue, directory)
+    if args.json:
+        print(json.dumps(doc, indent=2))
+    else:
+        print(_status_table(doc))
+    return 0
+
+
+# -- export and retry-rejected -----------------------------------------------------------
+
+
+def _event_line(session: str, header: bytes, nr: int, frame: bytes) -> dict[str, Any]:
+    """One exported event: the payload's fields and its collection header's."""
+    collection = payload_pb2.Collection.FromString(header + frame)
+    payload = collection.payloads[0]
+    has = payload.HasField
+    optional = collection.HasField
+    return {
+        "session": session,
+        "nr": nr,
+        "at": payload.at,
+        "event": _text(payload.event),
+        "user_id": payload.user_id if has("user_id") else None,
+        "ip": _text(payload.ip) if has("ip") else None,
+        "parameters": _text(payload.parameters) if has("parameters") else None,
+        "is_testing": payload.is_testing,
+        "device_id": _text(collection.device_id),
+        "client_id": _text(collection.client_id),
+        "system_version": _text(collection.system_version),
+        "product_version": _text(collection.product_version),
+        "system": _text(collection.system) if optional("system") else None,
+        "product_git_hash": (
+            _text(collection.product_git_hash) if optional("product_git_hash") else None
+        ),
+    }
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    directory = _queue_dir(args.queue_dir, args.client_id)
+    broken = 0
+    with _open_queue(directory) as queue:
+        for session, header, nr, frame in queue.iter_events(rejected=args.rejected):
+            try:
+                line = _event_line(session, header, nr, frame)
+            except (DecodeError, IndexError) as exc:
+                broken += 1
+                _error(f"session {session} nr {nr}: cannot decode the stored event: {exc}")
+                continue
+            sys.stdout.write(json.dumps(line, ensure_ascii=False, separators=(",", ":")) + "\n")
+    return 1 if broken else 0
+
+
+def _cmd_retry_rejected(args: argparse.Namespace) -> int:
+    directory = _queue_dir(args.queue_dir, args.client_id)
+    with _open_queue(directory) as queue:
+        moved = queue.retry_rejected()
+    print(f"moved {moved} rejected events back to pending")
+    return 0
+
+
+# -- flush -----------------------------------------------------------------------------
+
+
+def _bar(done: int, total: int, width: int = 30) -> str:
+    """One frame of the progress bar, starting with ``\\r``.
+
+    >>> _bar(500, 2000, width=10)
+    '\\rsending [##--------] 500/2000 25%'
+    """
+    done = min(total, max(0, done))
+    filled = width * done // total if total else width
+    percent = 100 * done // total if total else 100
+    return f"\rsending [{'#' * filled}{'-' * (width - filled)}] {done}/{total} {percent}%"
+
+
+class _Progress:
+    """A plain ``\\r`` progress bar on ``stream``, redrawn from a polling thread.
+
+    The thread only reads ``queue.pending_count()`` (a ``Queue`` may be used
+    from several threads; this one closes its own connection when done).
+    """
+
+    def __init__(self, stream: TextIO, queue: Queue, total: int, width: int = 30) -> None:
+        self.stream = stream
+        self.queue = queue
+        self.total = total
+        self.width = width
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="hamustro-cli-progress", daemon=True)
+
+    def _draw(self, left: int) -> None:
+        with contextlib.suppress(OSError, ValueError):  # a closed terminal
+            self.stream.write(_bar(self.total - left, self.total, self.width))
+            self.stream.flush()
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.wait(0.2):
+                self._draw(self.queue.pending_count())
+        except _QUEUE_ERRORS:
+            pass  # only the bar stops; the flush reports its own errors
+        finally:
+            self.queue.close()  # this thread's connection
+
+    def __enter__(self) -> _Progress:
+        self._draw(self.total)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        with contextlib.suppress(*_QUEUE_ERRORS):
+            self._draw(self.queue.pending_count())
+        with contextlib.suppress(OSError, ValueError):
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def _cmd_flush(args: argparse.Namespace) -> int:
+    config = _config(args)
+    timeout = _timeout(config)
+    directory = _existing_queue(_queue_dir(config.get("queue_dir"), config["client_id"]))
+    try:
+        tracker = ClientTracker(
+            config["collector_url"],
+            config["shared_secret_key"],
+            config["device_id"],
+            config["client_id"],
+            config["system_version"],
+            config["product_version"],
+            queue_dir=directory,
+            detect_ip=False,
+            timeout=timeout,
+        )
+    except (TypeError, ValueError) as exc:
+        raise UsageError(str(exc)) from None
+    except _QUEUE_ERRORS as exc:
+        raise Failure(f"cannot open the queue in {directory}: {exc}") from None
+    sent = failed = 0
+    with tracker:
+        pending = tracker.queue.pending_count()
+        show = sys.stderr.isatty() and pending > PROGRESS_MIN_EVENTS
+        progress = _Progress(sys.stderr, tracker.queue, pending) if show else None
+        with progress or contextlib.nullcontext():
+            while True:
+                # drain() sends batch after batch and stops at the first
+                # failure; try again only while a pass still delivers something.
+                result = tracker.delivery.drain(force=True)
+                sent += result.sent
+                failed += result.failed
+                if not (result.failed and result.sent and result.left):
+                    break
+        left = tracker.queue.pending_count()
+    print(f"sent {sent}, failed attempts {failed}, left {left}")
+    if left and not failed:
+        _error(
+            f"{_plural(left, 'event')} not sent: leased by another sender "
+            "or added while flushing; run flush again later"
+        )
+    return 0 if left == 0 else 1
+
+
+# -- send-test -------------------------------------------------------------------------
+
+
+def _explain_test(answer: Answer, url: str, read_timeout: float) -> str:
+    """What the collector's answer to the test event means, in plain words."""
+    status = answer.status
+    if status == 200:
+        return "ok: the collector accepted the test event"
+    if status == 405:
+        return (
+            "405: the collector refused the signature: the secret is probably wrong "
+            "(check shared_secret_key / HAMUSTRO_SHARED_SECRET_KEY)"
+        )
+    if status == 400:
+        return "400: the collector refused the collection as malformed"
+    if status in (429, 503):
+        wait = "" if answer.retry_after is None else f" (it asks to wait {answer.retry_after:g} s)"
+        return f"{status}: the collector is busy or shutting down; try again later{wait}"
+    if status is not None:
+        return (
+            f"HTTP {status}: not an answer a Hamustro collector gives; "
+            f"is {url} the collector's track URL?"
+        )
+    if answer.sent and (answer.error or "").startswith("no answer within"):
+        return f"no answer within {read_timeout:g} s from {url}"
+    return f"{answer.error}; is the collector running at {url}?"
+
+
+def _cmd_send_test(args: argparse.Namespace) -> int:
+    config = _config(args)
+    timeout = _timeout(config)
+    device = sha256hex(config["device_id"])
+    client, system_version, product_version = (
+        config["client_id"],
+        config["system_version"],
+        config["product_version"],
+    )
+    session = session_id(device, client, system_version, product_version)
+    try:
+        event = build_event(args.event, is_testing=True, at=time.time())
+    except EventError as exc:
+        raise UsageError(f"--event: {exc}") from None
+    body = collection_header(device, client, session, system_version, product_version)
+    body += encode_payload(event, 1)
+    transport = Transport(config["collector_url"], config["shared_secret_key"], timeout=timeout)
+    url = _shown_url(transport.url)
+    try:
+        answer = transport.post(body)
+    finally:
+        transport.close()
+    message = _redact(_explain_test(answer, url, timeout[1]), config["shared_secret_key"])
+    if not answer.ok:
+        _error(message)
+        return 1
+    print(f"{message} (event {args.event!r}, session {session}, nr 1, is_testing) at {url}")
+    return 0
+
+
+# -- the parser and main -----------------------------------------------------------------
+
+
+def _redact(line: str, secret: str) -> str:
+    """Blank ``secret`` out of ``line`` (4+ characters, as the library's Reporter does)."""
+    return line.replace(secret, "***") if len(secret) >= 4 else line
+
+
+def _error(message: str) -> None:
+    print(PREFIX + message.replace("\n", " "), file=sys.stderr, flush=True)
+
+
+_EPILOG = "exit codes: 0 success, 1 the operation failed or left something, 2 usage error"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``hamustro-logging`` argument parser."""
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Look into a hamustro-logging queue folder, send it, test a collector.",
+        epilog=_EPILOG,
+    )
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def add(name: str, summary: str, description: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=summary, description=description, epilog=_EPILOG)
+
+    status = add(
+        "status",
+        "pending, leased and rejected events per session; last sync; bytes on disk",
+        "Show the queue folder's state: per session the pending, leased and rejected "
+        "events, the age of the oldest pending event and the last nr; for the folder "
+        "the last sync (or the queue's creation), bytes on disk and pending bytes.",
+    )
+    _add_queue_options(status)
+    status.add_argument("--json", action="store_true", help="print one JSON document")
+
+    flush = add(
+        "flush",
+        "send everything pending now",
+        "Send every pending event in the queue folder (of every session, each with its "
+        "own stored header). Prints 'sent N, failed attempts F, left L'; exits 0 if "
+        "nothing is left.",
+    )
+    _add_config_options(flush)
+
+    send_test = add(
+        "send-test",
+        "send one is_testing event straight to the collector and explain the answer",
+        "Send one event with is_testing=true directly to the collector (not through the "
+        "queue, which is left untouched) and say what the answer means. Exits 0 only "
+        "if the collector answered 200.",
+    )
+    _add_config_options(send_test)
+    send_test.add_argument(
+        "--event",
+        default="hamustro_logging.send_test",
+        help="the event name (default: hamustro_logging.send_test)",
+    )
+
+    export = add(
+        "export",
+        "print every pending (or rejected) event as one JSON line",
+        "Print every pending event (or, with --rejected, every event the collector refused "
+        "with 400) as one JSON line, with its session, nr, payload and collection fields.",
+    )
+    _add_queue_options(export)
+    export.add_argument("--rejected", action="store_true", help="export the rejected events")
+
+    retry = add(
+        "retry-rejected",
+        "move the rejected events back to pending",
+        "Move every event the collector refused with 400 back to pending, to be sent again.",
+    )
+    _add_queue_options(retry)
+
+    # Everything after `collector` goes to the collector's own parser, --help included.
+    sub.add_parser(
+        "collector",
+        help="run the local development collector (see `collector --help`)",
+        add_help=False,
+    )
+    return parser
+
+
+_COMMANDS = {
+    "status": _cmd_status,
+    "flush": _cmd_flush,
+    "send-test": _cmd_send_test,
+    "export": _cmd_export,
+    "retry-rejected": _cmd_retry_rejected,
+}
+
+
+def _exit_code(exc: SystemExit) -> int:
+    code = exc.code
+    if code is None:
+        return 0
+    return code if isinstance(code, int) else 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``hamustro-logging`` with ``argv`` (default: ``sys.argv[1:]``); return the exit code."""
+    parser = build_parser()
+    try:
+        args, rest = parser.parse_known_args(argv)
+        if args.command is None:
+            parser.print_usage(sys.stderr)
+            _error("say which command; see --help")
+            return 2
+        if args.command == "collector":
+            return collector.main(rest)
+        if rest:
+            parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        return _COMMANDS[args.command](args)
+    except SystemExit as exc:  # argparse: --help, --version, usage errors
+        return _exit_code(exc)
+    except UsageError as exc:
+        _error(str(exc))
+        return 2
+    except Failure as exc:
+        _error(str(exc))
+        return 1
+    except KeyboardInterrupt:
+        _error("interrupted; whatever was not sent stays in the queue")
+        return 130
+    except BrokenPipeError:
+        # `export | head`: the reader is gone. Silence the flush at exit too.
+        with contextlib.suppress(OSError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        return 1
