@@ -53,6 +53,7 @@ import diskcache.core
 from google.protobuf.message import DecodeError
 
 from . import __version__, collector, payload_pb2
+from .config import default_device_id, default_system_version
 from .mapping import EventError, build_event
 from .queue import Queue, QueueCorrupt
 from .tracker import ClientTracker, default_queue_dir
@@ -106,9 +107,13 @@ _SETTINGS = (
         True,
         "signs each request; prefer the environment variable, an argument shows in `ps`",
     ),
-    _Setting("device_id", True, "the raw device id (hashed with SHA-256 before use)"),
+    _Setting(
+        "device_id", False, "the raw device id, hashed with SHA-256 (default: this machine's id)"
+    ),
     _Setting("client_id", True, "the client id"),
-    _Setting("system_version", True, "the system version"),
+    _Setting(
+        "system_version", False, "the system version (default: the platform's, e.g. Linux 6.1)"
+    ),
     _Setting("product_version", True, "the product version"),
     _Setting("queue_dir", False, "the queue folder (default: the client_id's default folder)"),
     _Setting("timeout", False, "seconds, or CONNECT,READ seconds (default 3.05,10)"),
@@ -143,6 +148,8 @@ def _config(args: argparse.Namespace) -> dict[str, str]:
             missing.append(f"{setting.flag} (or set {setting.env})")
     if missing:
         raise UsageError("missing configuration: " + ", ".join(missing))
+    values.setdefault("device_id", default_device_id())
+    values.setdefault("system_version", default_system_version())
     for name, value in values.items():
         try:
             value.encode("utf-8")
@@ -195,9 +202,7 @@ def _shown_url(url: str) -> str:
 
 def _add_queue_options(parser: argparse.ArgumentParser) -> None:
     where = parser.add_mutually_exclusive_group()
-    where.add_argument(
-        "--queue-dir", metavar="DIR", help="the queue folder [$HAMUSTRO_QUEUE_DIR]"
-    )
+    where.add_argument("--queue-dir", metavar="DIR", help="the queue folder [$HAMUSTRO_QUEUE_DIR]")
     where.add_argument(
         "--client-id",
         metavar="ID",
@@ -393,7 +398,9 @@ def _status_table(doc: dict[str, Any]) -> str:
     ]
     rows: list[dict[str, Any]] = doc["sessions"]
     if not rows:
-        lines.append(f"nothing pending or rejected ({_plural(doc['sessions_seen'], 'session')} seen)")
+        lines.append(
+            f"nothing pending or rejected ({_plural(doc['sessions_seen'], 'session')} seen)"
+        )
         return "\n".join(lines)
     head = ("session", "pending", "leased", "rejected", "oldest pending", "last nr")
     table = [head] + [
@@ -614,10 +621,12 @@ def _cmd_send_test(args: argparse.Namespace) -> int:
     config = _config(args)
     timeout = _timeout(config)
     device = sha256hex(config["device_id"])
+    # A session of its own, so the test event's nr 1 never shares a (session, nr)
+    # with the application's real events.
     client, system_version, product_version = (
         config["client_id"],
         config["system_version"],
-        config["product_version"],
+        config["product_version"] + "+send-test",
     )
     session = session_id(device, client, system_version, product_version)
     try:
