@@ -29,6 +29,7 @@ HANDLER_OPTIONS: dict[str, Spec] = {
     "durable": ("bool", False),
     "close_timeout": (float, 5.0),
     "max_buffer": (int, 100_000),
+    "event_key": (str, "event"),
 }
 
 #: Loggers whose records never become events, so nothing can loop back: the
@@ -62,6 +63,9 @@ class HamustroHandler(logging.Handler):
       buffering it for the spool thread;
     * ``close_timeout`` (5 s): how long ``close()`` (and ``flush()`` without
       a timeout) may take; what is not sent by then stays on disk;
+    * ``event_key`` ("event"): the record attribute that holds the event
+      name (structlog's standard-library integration already uses ``event``
+      for the message, so there it is another key, e.g. ``track``);
     * ``max_buffer`` (100,000): events buffered in memory at most while the
       disk cannot keep up or cannot be written; beyond it new events are
       dropped, counted and reported.
@@ -101,6 +105,7 @@ class HamustroHandler(logging.Handler):
         durable: bool | None = None,
         close_timeout: float | None = None,
         max_buffer: int | None = None,
+        event_key: str | None = None,
         **tracker_options: Any,
     ) -> None:
         # Everything that can fail comes before logging.Handler.__init__, which
@@ -119,6 +124,8 @@ class HamustroHandler(logging.Handler):
             raise ValueError(f"close_timeout must be seconds >= 0, got {close_timeout!r}")
         if isinstance(max_buffer, bool) or not isinstance(max_buffer, int) or max_buffer < 1:
             raise ValueError(f"max_buffer must be an int >= 1, got {max_buffer!r}")
+        if not isinstance(o["event_key"], str) or not o["event_key"]:
+            raise ValueError(f"event_key must be a non-empty str, got {o['event_key']!r}")
         unknown = set(tracker_options) - set(TRACKER_OPTIONS)
         if unknown:
             raise TypeError(
@@ -135,6 +142,7 @@ class HamustroHandler(logging.Handler):
         self.close_timeout = float(close_timeout)
         self.max_buffer = max_buffer
         self.max_event_bytes = self.tracker.max_event_bytes
+        self.event_key: str = o["event_key"]
         self._closed = False
         self._flusher = Flusher(self.tracker, max_buffer, name=f"hamustro-{id(self):x}")
         self._flusher.start()
@@ -152,7 +160,7 @@ class HamustroHandler(logging.Handler):
         on the logging thread, under the handler's lock; raise
         :class:`~hamustro_logging.EventError` for a bad field.
         """
-        return map_record(record, self.is_testing, self.max_event_bytes)
+        return map_record(record, self.is_testing, self.max_event_bytes, self.event_key)
 
     def emit(self, record: logging.LogRecord) -> None:
         """Map the record and hand it to the spool thread; never raises, never does network I/O."""

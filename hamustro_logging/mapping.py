@@ -140,17 +140,28 @@ def map_record(
     record: logging.LogRecord,
     default_is_testing: bool = False,
     max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+    event_key: str = "event",
 ) -> Event | None:
     """The default mapping: ``None`` for a record without an ``event`` attribute.
 
-    Reads ``event``, ``user_id``, ``params``, ``is_testing`` and ``ip`` from
-    the record (usually given with ``extra=``); ``at`` is ``record.created``.
+    Reads ``event`` (or the attribute named by ``event_key``), ``user_id``,
+    ``params``, ``is_testing`` and ``ip`` from the record (usually given with
+    ``extra=``); ``at`` is ``record.created``. A record whose ``extra``
+    attribute is a dict holding them (what loguru hands a standard handler
+    used as a sink) is read from that dict.
+
+    >>> r = logging.makeLogRecord({"extra": {"event": "signup", "user_id": 7}, "created": 5})
+    >>> map_record(r).event, map_record(r).user_id
+    (b'signup', 7)
     """
     d = record.__dict__
-    if "event" not in d:
-        return None
+    if event_key not in d:
+        extra = d.get("extra")
+        if not (type(extra) is dict and event_key in extra):
+            return None
+        d = extra
     return build_event(
-        d["event"],
+        d[event_key],
         d.get("user_id"),
         d.get("params"),
         d.get("is_testing", default_is_testing),
