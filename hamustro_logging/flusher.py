@@ -41,8 +41,6 @@ _MAX_IDLE = 30.0
 _BUSY_POLL = 0.5
 #: Pause after the queue could not be written, before the spool tries again.
 _STORAGE_RETRY = 1.0
-#: Events per transaction at most; a huge burst is written in several.
-_SPOOL_BATCH = 5000
 
 
 class Flusher:
@@ -141,7 +139,10 @@ class Flusher:
         buffer = self.buffer
         with self._spool_lock:
             while buffer:
-                items = [buffer.popleft() for _ in range(min(len(buffer), _SPOOL_BATCH))]
+                # One chunk per write: short transactions leave the database to
+                # the send thread between them.
+                take = min(len(buffer), self.tracker.max_batch_events)
+                items = [buffer.popleft() for _ in range(take)]
                 try:
                     self.tracker.store(items)
                 except Exception as exc:

@@ -165,7 +165,7 @@ class HamustroHandler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         """Map the record and hand it to the spool thread; never raises, never does network I/O."""
         try:
-            if record.name.partition(".")[0] in _NEVER_FROM:
+            if str(record.name).partition(".")[0] in _NEVER_FROM:
                 return
             event = self.map_record(record)
             if event is None:

@@ -31,6 +31,9 @@ _BLANK_RECORD_ATTRS = frozenset(
     logging.LogRecord("", logging.INFO, "", 0, "", (), None).__dict__
 ) | {"message", "asctime"}
 
+#: One encoder, made once: json.dumps with options builds a new one per call.
+_to_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=str).encode
+
 #: Largest encoded payload accepted by default (the bulk of it is params).
 DEFAULT_MAX_EVENT_BYTES = 64 * 1024
 
@@ -67,7 +70,7 @@ def _params_bytes(params: object) -> bytes | None:
         return _utf8("params", params)
     if isinstance(params, (dict, list, tuple)):
         try:
-            text = json.dumps(params, separators=(",", ":"), ensure_ascii=False, default=str)
+            text = _to_json(params)
         except (TypeError, ValueError) as exc:  # non-str keys, circular references
             raise EventError(
                 "params", f"{_type_name(params)} cannot be JSON-encoded: {exc}"

@@ -48,7 +48,7 @@ from typing import Any
 import diskcache
 import diskcache.core
 
-from .wire import UINT32_MAX, Event, encode_payload, iter_frames, md5hex
+from .wire import UINT32_MAX, Event, encode_payloads, iter_frames, md5hex
 
 __all__ = [
     "Appended",
@@ -264,39 +264,42 @@ class Queue:
     def append(
         self, session: str, hid: str, events: Sequence[Event], default_ip: bytes | None = None
     ) -> Appended:
-        """Number and store ``events`` in one transaction.
+        """Number and store ``events``.
 
-        The numbers come from one atomic counter per session, so they are
-        unique even when several processes share the folder. When the queue
-        is full (``max_events`` unsent events or ``max_bytes`` of them) the
-        events that do not fit are refused: they get no number and are
-        counted in ``Appended.dropped``. New events are refused rather than
-        old ones deleted: what is stored stays until the collector has it.
+        The numbers come from one counter per session, taken in a short
+        transaction of its own, so they are unique even when several
+        processes share the folder; the events are encoded outside any
+        transaction and stored in a second one. (A crash between the two
+        leaves a gap in ``nr``, never a duplicate.) When the queue is full
+        (``max_events`` unsent events or ``max_bytes`` of them) the events
+        that do not fit are refused and counted in ``Appended.dropped``:
+        new events are refused rather than old ones deleted, so what is
+        stored stays until the collector has it.
         """
         cache = self._cache
         with cache.transact():
-            pending = int(cache.get(_PENDING, 0))
+            room = self.max_events - int(cache.get(_PENDING, 0))
             room_bytes = self.max_bytes - int(cache.get(_PENDING_BYTES, 0))
-            frames: list[bytes] = []
-            nr = int(cache.get(f"n/{session}", 0)) + 1
-            first = nr
-            for event in events[: max(0, self.max_events - pending)]:
-                frame = encode_payload(event, nr, default_ip)
-                room_bytes -= len(frame)
-                if room_bytes < 0:
-                    break
-                frames.append(frame)
-                nr += 1
-            if not frames:
-                return Appended(first, first - 1, 0, len(events))
-            last = first + len(frames) - 1
-            if last > UINT32_MAX:
-                raise OverflowError(f"session {session} has used every nr up to {UINT32_MAX}")
-            cache.set(f"n/{session}", last)
-            self._put_chunks(session, hid, first, frames)
-            cache.incr(_PENDING, len(frames))
-            cache.incr(_PENDING_BYTES, sum(map(len, frames)))
-        return Appended(first, last, len(frames), len(events) - len(frames))
+            count = max(0, min(len(events), room))
+            first = int(cache.get(f"n/{session}", 0)) + 1
+            if count:
+                if first + count - 1 > UINT32_MAX:
+                    raise OverflowError(f"session {session} has used every nr up to {UINT32_MAX}")
+                cache.set(f"n/{session}", first + count - 1)
+        frames = encode_payloads(events[:count], first, default_ip)
+        size = 0
+        for i, frame in enumerate(frames):
+            size += len(frame)
+            if size > room_bytes:
+                del frames[i:]
+                size -= len(frame)
+                break
+        if frames:
+            with cache.transact():
+                self._put_chunks(session, hid, first, frames)
+                cache.incr(_PENDING, len(frames))
+                cache.incr(_PENDING_BYTES, size)
+        return Appended(first, first + len(frames) - 1, len(frames), len(events) - len(frames))
 
     def _put_chunks(self, session: str, hid: str, first_nr: int, frames: Sequence[bytes]) -> None:
         """Store frames numbered from ``first_nr`` on, in chunks of bounded size."""

@@ -46,6 +46,8 @@ class Reporter:
         self.remind_after = remind_after
         self._lock = threading.Lock()
         self._streaks: dict[str, tuple[str, float, int]] = {}  # kind -> (message, last said, count)
+        self.burst, self.window = 20, 10.0
+        self._window_start, self._said, self._held_back = -self.window, 0, 0
 
     def _say(self, line: str) -> None:
         for secret in self._secrets:
@@ -82,6 +84,21 @@ class Reporter:
                 self._say(f"{message} (after {old[2]} failures)")
 
     def once(self, message: str) -> None:
-        """A single line, e.g. a bad record; not rate-limited."""
+        """A single line, e.g. a bad record.
+
+        At most ``burst`` such lines per ``window`` seconds: a loop that logs
+        a bad record a million times must not flood stderr. What is held
+        back is counted and said with the next line let through.
+        """
+        now = time.monotonic()
         with self._lock:
+            if now - self._window_start >= self.window:
+                self._window_start, self._said = now, 0
+            if self._said >= self.burst:
+                self._held_back += 1
+                return
+            self._said += 1
+            if self._held_back:
+                message += f" ({self._held_back} similar lines held back before this one)"
+                self._held_back = 0
             self._say(message)

@@ -242,6 +242,7 @@ class ClientTracker:
 
         self.session = self.generate_session()
         self.queue_dir = Path(queue_dir) if queue_dir is not None else default_queue_dir(client_id)
+        self.max_batch_events = _count("max_batch_events", max_batch_events)
         self._queue_options = {
             "chunk_events": _count("max_batch_events", max_batch_events),
             "chunk_bytes": _count("max_batch_bytes", max_batch_bytes),

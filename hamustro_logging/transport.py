@@ -17,6 +17,7 @@ from .wire import signature
 __all__ = ["Answer", "Transport", "track_url"]
 
 TRACK_PATH = "/api/v1/track"
+USER_AGENT = "hamustro-logging/0.1.0"
 
 
 def track_url(collector_url: str) -> str:
@@ -85,6 +86,11 @@ class Transport:
         self.timeout = timeout
         self.verify = verify
         self._session = requests.Session()
+        # Proxies and CA settings from the environment, read once: requests
+        # otherwise reads them (and ~/.netrc) again for every request.
+        self._send_options = self._session.merge_environment_settings(
+            self.url, {}, False, verify, None
+        )
 
     def __repr__(self) -> str:  # never the secret
         return f"Transport({self.url!r})"
@@ -101,14 +107,15 @@ class Transport:
             timeout = (min(timeout[0], left), min(timeout[1], left))
         stamp = str(int(time.time()))
         headers = {
+            "User-Agent": USER_AGENT,
             "Content-Type": "application/protobuf",
             "X-Hamustro-Time": stamp,
             "X-Hamustro-Signature": signature(stamp, body, self._secret),
         }
+        request = requests.PreparedRequest()
+        request.prepare(method="POST", url=self.url, headers=headers, data=body)
         try:
-            response = self._session.post(
-                self.url, data=body, headers=headers, timeout=timeout, verify=self.verify
-            )
+            response = self._session.send(request, timeout=timeout, **self._send_options)
         except requests.RequestException as exc:
             return _failure(exc, timeout[1])
         response.close()

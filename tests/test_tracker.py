@@ -293,3 +293,17 @@ def test_processes_sharing_a_folder_get_unique_numbers(
         assert t.load_number_per_session() == {SESSION: 200}
         assert t.flush()
     assert numbers(collector.wait_for(200)) == [(SESSION, n) for n in range(1, 201)]
+
+
+def test_a_flood_of_bad_lines_is_held_back_and_counted() -> None:
+    from hamustro_logging.report import Reporter
+
+    out = io.StringIO()
+    reporter = Reporter(stream=out)
+    for i in range(100):
+        reporter.once(f"bad record {i}")
+    lines = out.getvalue().splitlines()
+    assert len(lines) == reporter.burst == 20
+    reporter._window_start -= reporter.window  # the next window starts
+    reporter.once("bad record 100")
+    assert out.getvalue().splitlines()[-1].endswith("(80 similar lines held back before this one)")
