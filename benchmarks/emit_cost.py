@@ -22,11 +22,13 @@ import argparse
 import logging
 import logging.handlers
 import queue
+import shutil
 import socket
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -48,8 +50,27 @@ def start_collector() -> tuple[subprocess.Popen[str], str]:
 
 
 def sink_port() -> tuple[socket.socket, int]:
-    """A TCP listener that accepts and discards (logstash's peer)."""
+    """A TCP listener that accepts and reads, discarding (logstash's peer).
+
+    Each connection is read by its own daemon thread, so logstash's worker
+    never blocks on a full socket buffer (which it reports as "timed out").
+    """
     server = socket.create_server(("127.0.0.1", 0))
+
+    def discard(conn: socket.socket) -> None:
+        with conn:
+            while conn.recv(1 << 16):
+                pass
+
+    def accept() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:  # the listener was closed
+                return
+            threading.Thread(target=discard, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=accept, name="logstash-sink", daemon=True).start()
     return server, server.getsockname()[1]
 
 
@@ -69,6 +90,7 @@ def main() -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="hamustro-bench-"))
     collector, url = start_collector()
+    server: socket.socket | None = None
     handlers: dict[str, logging.Handler] = {}
     simple: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
     handlers["stdlib QueueHandler(SimpleQueue)"] = logging.handlers.QueueHandler(simple)
@@ -119,8 +141,11 @@ def main() -> None:
 
     for handler in handlers.values():
         handler.close()
+    if server is not None:
+        server.close()
     collector.terminate()
     collector.wait()
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

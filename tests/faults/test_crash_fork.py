@@ -1,0 +1,325 @@
+"""Crashes and forks, for real: subprocesses killed with SIGKILL, a real ``os.fork()``.
+
+Each scenario runs a small script (written into ``tmp_path``) in its own
+Python process, so the test process is never forked with pytest's threads
+and a deadlock fails the test (every wait has a timeout) instead of hanging it.
+"""
+
+from __future__ import annotations
+
+import json
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hamustro_logging import HamustroHandler
+from hamustro_logging.collector import DevCollector
+from hamustro_logging.queue import Queue
+from hamustro_logging.wire import session_id, sha256hex
+
+IDENTITY: dict[str, str] = {
+    "device_id": "device-1",
+    "client_id": "client-1",
+    "system_version": "OS X 10.11",
+    "product_version": "1.0.0",
+}
+SESSION = session_id(sha256hex("device-1"), "client-1", "OS X 10.11", "1.0.0")
+FAST: dict[str, float] = {"backoff_base": 0.05, "backoff_cap": 0.5}
+
+#: Shared by every script: build the handler from argv[1] (JSON), attach it.
+PRELUDE = """
+import json, logging, os, sys, time
+from hamustro_logging import HamustroHandler
+
+cfg = json.loads(sys.argv[1])
+handler = HamustroHandler(**cfg["handler"])
+log = logging.getLogger("crash.app")
+log.addHandler(handler)
+log.setLevel(logging.INFO)
+log.propagate = False
+
+
+def emit(n, start=0, **extra):
+    for i in range(start, start + n):
+        log.info("e", extra={"event": "crash.e", "params": {"i": i}, **extra})
+"""
+
+KILL_WHILE_WAITING = """
+emit(cfg["n"])
+time.sleep(0.5)  # the durability window: the spool thread writes within it
+print("ready", flush=True)
+time.sleep(3600)
+"""
+
+KILL_WHILE_POSTING = """
+emit(1)
+queue = handler.tracker.queue
+deadline = time.monotonic() + 10
+while not any(s.leased for s in queue.sessions()):  # claimed: its POST is in flight
+    if time.monotonic() > deadline:
+        sys.exit("the first event was never sent")
+    time.sleep(0.01)
+emit(cfg["n"] - 1, start=1)
+while queue.pending_count() < cfg["n"]:
+    if time.monotonic() > deadline:
+        sys.exit("the events were never stored")
+    time.sleep(0.01)
+print("ready", flush=True)
+time.sleep(3600)
+"""
+
+FORK = """
+emit(2)
+go_read, go_write = os.pipe()
+pid = os.fork()
+if pid == 0:  # the child: own threads, own connections, same folder
+    os.close(go_write)
+    os.read(go_read, 1)  # the parent's events are sent: the folder holds only ours next
+    emit(3, start=100, user_id=cfg["child_user_id"])
+    flushed = handler.flush(timeout=10)
+    os._exit(0 if flushed else 3)
+os.close(go_read)
+emit(2, start=2)
+parent_flushed = handler.flush(timeout=10)
+os.write(go_write, b"x")
+_, status = os.waitpid(pid, 0)
+child = os.waitstatus_to_exitcode(status)
+last_flushed = handler.flush(timeout=10)
+print(json.dumps({"child": child, "parent_flushed": parent_flushed, "last": last_flushed}))
+sys.exit(0 if child == 0 and parent_flushed and last_flushed else 1)
+"""
+
+EXIT_WITHOUT_CLOSE = """
+emit(cfg["n"])
+print("emitted", flush=True)
+# no close(), no flush(): logging.shutdown() runs at exit
+"""
+
+
+def closed_port_url() -> str:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+def pending_in(queue_dir: Path) -> int:
+    queue = Queue(queue_dir)
+    try:
+        return queue.pending_count()
+    finally:
+        queue.close()
+
+
+def leased_in(queue_dir: Path) -> int:
+    queue = Queue(queue_dir)
+    try:
+        return sum(s.leased for s in queue.sessions())
+    finally:
+        queue.close()
+
+
+def numbers(events: list[dict[str, Any]]) -> list[int]:
+    assert {e["session"] for e in events} == {SESSION}
+    return sorted(e["nr"] for e in events)
+
+
+def handler_options(url: str, secret: str, queue_dir: Path, **options: Any) -> dict[str, Any]:
+    return {
+        **IDENTITY,
+        "collector_url": url,
+        "shared_secret_key": secret,
+        "queue_dir": str(queue_dir),
+        **FAST,
+        **options,
+    }
+
+
+class Script:
+    """Writes a script into tmp_path and runs it with this interpreter, cwd in tmp_path."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        self.running: list[subprocess.Popen[str]] = []
+
+    def _argv(self, body: str, config: dict[str, Any]) -> list[str]:
+        path = self.tmp_path / f"script_{len(list(self.tmp_path.glob('script_*.py')))}.py"
+        path.write_text(PRELUDE + body)
+        return [sys.executable, str(path), json.dumps(config)]
+
+    def run(
+        self, body: str, config: dict[str, Any], timeout: float
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            self._argv(body, config),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=self.tmp_path,
+        )
+
+    def start(self, body: str, config: dict[str, Any]) -> subprocess.Popen[str]:
+        proc = subprocess.Popen(
+            self._argv(body, config),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=self.tmp_path,
+        )
+        self.running.append(proc)
+        return proc
+
+    def stop_all(self) -> None:
+        for proc in self.running:
+            if proc.poll() is None:
+                proc.kill()
+            proc.communicate(timeout=10)
+
+
+@pytest.fixture
+def script(tmp_path: Path) -> Iterator[Script]:
+    runner = Script(tmp_path)
+    yield runner
+    runner.stop_all()
+
+
+def wait_for_line(proc: subprocess.Popen[str], expected: str, timeout: float = 30.0) -> None:
+    """Read the process's stdout until ``expected``; fail if it exits or takes too long."""
+    assert proc.stdout is not None
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        assert left > 0, f"no {expected!r} within {timeout} s"
+        readable, _, _ = select.select([proc.stdout], [], [], left)
+        if not readable:
+            continue
+        line = proc.stdout.readline()
+        if not line:
+            _, err = proc.communicate(timeout=10)
+            pytest.fail(f"the script exited with {proc.returncode} before {expected!r}:\n{err}")
+        if line.strip() == expected:
+            return
+
+
+def kill9(proc: subprocess.Popen[str]) -> None:
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=10)
+    assert proc.returncode == -signal.SIGKILL
+
+
+# -- A. SIGKILL while events wait for a dead collector ---------------------------
+
+
+def test_sigkill_while_collector_is_dead_loses_nothing(
+    collector: DevCollector, secret: str, tmp_path: Path, script: Script
+) -> None:
+    queue_dir = tmp_path / "q"
+    dead = handler_options(closed_port_url(), secret, queue_dir, timeout=(0.5, 0.5))
+    proc = script.start(KILL_WHILE_WAITING, {"handler": dead, "n": 500})
+    wait_for_line(proc, "ready")
+    kill9(proc)
+    assert pending_in(queue_dir) == 500  # all on disk when the process died
+
+    handler = HamustroHandler(**handler_options(collector.url, secret, queue_dir))
+    try:
+        # The killed process may have held a lease on a batch (12 s): the send
+        # thread takes it over when it expires.
+        handler.flush(timeout=10)
+        events = collector.wait_for(500, timeout=30)
+    finally:
+        handler.close()
+    assert numbers(events) == list(range(1, 501))  # exactly once: it never reached a collector
+    assert sorted(json.loads(e["parameters"])["i"] for e in events) == list(range(500))
+    assert pending_in(queue_dir) == 0
+
+
+# -- B. SIGKILL while a POST is in flight ----------------------------------------
+
+
+def test_sigkill_while_posting_loses_nothing(
+    collector: DevCollector, secret: str, tmp_path: Path, script: Script
+) -> None:
+    collector.hang_next(1, seconds=30)
+    queue_dir = tmp_path / "q"
+    # (0.5, 2): the POST stays in flight for 2 s, the lease lasts 2*(0.5+2)+10 = 15 s.
+    options = handler_options(collector.url, secret, queue_dir, queue_size=1, timeout=(0.5, 2))
+    proc = script.start(KILL_WHILE_POSTING, {"handler": options, "n": 10})
+    wait_for_line(proc, "ready")
+    kill9(proc)
+    assert pending_in(queue_dir) == 10
+    assert leased_in(queue_dir) == 1  # the in-flight batch's lease outlives its process
+
+    handler = HamustroHandler(**options)
+    try:
+        events = collector.wait_for(10, timeout=40)  # the nine at once, the last after the lease
+        assert handler.flush(timeout=10) is True
+    finally:
+        handler.close()
+    assert set(numbers(events)) == set(range(1, 11))
+
+
+# -- C. a real fork ----------------------------------------------------------------
+
+
+def test_fork_child_gets_own_threads_and_numbers_stay_unique(
+    collector: DevCollector, secret: str, tmp_path: Path, script: Script
+) -> None:
+    options = handler_options(collector.url, secret, tmp_path / "q", queue_size=1000)
+    done = script.run(FORK, {"handler": options, "child_user_id": 4242}, timeout=60)
+    assert done.returncode == 0, f"{done.stdout}\n{done.stderr}"
+    assert json.loads(done.stdout) == {"child": 0, "parent_flushed": True, "last": True}
+    events = collector.events()
+    assert numbers(events) == list(range(1, 8))  # 7 events, nr unique within the session
+    child = [e for e in events if e["user_id"] == 4242]
+    assert sorted(json.loads(e["parameters"])["i"] for e in child) == [100, 101, 102]
+    parent = [e for e in events if e["user_id"] is None]
+    assert sorted(json.loads(e["parameters"])["i"] for e in parent) == [0, 1, 2, 3]
+    assert pending_in(tmp_path / "q") == 0
+
+
+# -- D. exit without close() while the collector is unreachable -------------------
+
+
+def test_exit_with_dead_collector_is_prompt_and_next_run_delivers(
+    collector: DevCollector, secret: str, tmp_path: Path, script: Script
+) -> None:
+    queue_dir = tmp_path / "q"
+    dead = handler_options(closed_port_url(), secret, queue_dir)
+    started = time.monotonic()
+    done = script.run(EXIT_WITHOUT_CLOSE, {"handler": dead, "n": 100}, timeout=15)
+    assert time.monotonic() - started < 15
+    assert done.returncode == 0, done.stderr
+    assert "emitted" in done.stdout
+    assert "Traceback" not in done.stderr
+    assert pending_in(queue_dir) == 100
+
+    live = handler_options(collector.url, secret, queue_dir)
+    done = script.run(EXIT_WITHOUT_CLOSE, {"handler": live, "n": 0}, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert numbers(collector.events()) == list(range(1, 101))  # sent by logging.shutdown
+    assert pending_in(queue_dir) == 0
+
+
+def test_exit_with_hanging_collector_is_prompt(
+    collector: DevCollector, secret: str, tmp_path: Path, script: Script
+) -> None:
+    collector.hang_next(100, seconds=60)
+    queue_dir = tmp_path / "q"
+    # The library's default request timeout (3.05, 10): only close_timeout bounds the exit.
+    options = handler_options(collector.url, secret, queue_dir, close_timeout=2)
+    options.pop("backoff_base")
+    options.pop("backoff_cap")
+    started = time.monotonic()
+    done = script.run(EXIT_WITHOUT_CLOSE, {"handler": options, "n": 100}, timeout=15)
+    assert time.monotonic() - started < 15
+    assert done.returncode == 0, done.stderr
+    assert collector.events() == []
+    assert pending_in(queue_dir) == 100  # nothing lost, it waits for the next run
