@@ -62,6 +62,8 @@ class Flusher:
         self._stopping = False  # the send thread's stop flag
         self._final_deadline: float | None = None
         self._threads: list[threading.Thread] = []
+        self._since_wake = 0  # events stored since the send thread was last woken
+        self._saw_empty = True  # the send thread last found nothing to send
 
     def start(self) -> None:
         self._threads = [
@@ -88,9 +90,25 @@ class Flusher:
             self._spool_wake.set()
 
     def store_now(self, event: Event) -> None:
-        """Durable mode: write one event on the caller's thread, then wake the sender."""
+        """Durable mode: write one event on the caller's thread (and wake the sender if due)."""
         self.tracker.store([event])
-        self._send_wake.set()
+        self._stored(1)
+
+    def _stored(self, count: int) -> None:
+        """Wake the send thread when what this process stored may have made a send due.
+
+        Not after every write: each wake costs the send thread a look at the
+        database, which would triple the cost of a durable ``emit``. It is
+        woken when the events stored since its last wake reach
+        ``queue_size``, or when it last saw an empty queue (so it starts the
+        retention timer). Events stored by other processes are found by its
+        own timer (at most ``_MAX_IDLE`` seconds).
+        """
+        self._since_wake += count
+        if self._since_wake >= self.tracker.queue_size or self._saw_empty:
+            self._since_wake = 0
+            self._saw_empty = False
+            self._send_wake.set()
 
     def flush(self, timeout: float | None) -> bool:
         """Write the buffer to disk, then have the send thread send everything.
@@ -152,7 +170,7 @@ class Flusher:
                     )
                     return False
                 self.tracker.reporter.recovered("store", "the queue is writable again")
-                self._send_wake.set()
+                self._stored(len(items))
         return True
 
     def _spool_loop(self) -> None:
@@ -172,6 +190,7 @@ class Flusher:
         """Seconds until the next reason to look at the queue."""
         tracker = self.tracker
         if tracker.queue.pending_count() == 0:
+            self._saw_empty = True
             wait = _MAX_IDLE
         elif tracker.is_due():  # due but not sent: a backoff runs, or others hold leases
             wait = max(tracker.delivery.retry_at - time.monotonic(), _BUSY_POLL)

@@ -32,7 +32,11 @@ _BLANK_RECORD_ATTRS = frozenset(
 ) | {"message", "asctime"}
 
 #: One encoder, made once: json.dumps with options builds a new one per call.
-_to_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=str).encode
+#: allow_nan=False: NaN and Infinity are not JSON (RFC 8259); a warehouse's
+#: JSON parser would choke on the whole event, so they are refused here.
+_to_json = json.JSONEncoder(
+    separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=str
+).encode
 
 #: Largest encoded payload accepted by default (the bulk of it is params).
 DEFAULT_MAX_EVENT_BYTES = 64 * 1024
@@ -71,9 +75,12 @@ def _params_bytes(params: object) -> bytes | None:
     if isinstance(params, (dict, list, tuple)):
         try:
             text = _to_json(params)
-        except (TypeError, ValueError) as exc:  # non-str keys, circular references
+        except (TypeError, ValueError, RecursionError) as exc:
+            # keys that are not str/int/float/bool/None, circular references,
+            # NaN or Infinity, nesting deeper than the recursion limit
+            reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
             raise EventError(
-                "params", f"{_type_name(params)} cannot be JSON-encoded: {exc}"
+                "params", f"{_type_name(params)} cannot be JSON-encoded: {reason}"
             ) from None
         return _utf8("params", text)
     raise EventError("params", f"expected str, dict or list, got {_type_name(params)}")

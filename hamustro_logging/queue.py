@@ -74,7 +74,9 @@ _SETTINGS: dict[str, Any] = {
     "eviction_policy": "none",
     "statistics": 0,
     "tag_index": 0,
-    "cull_limit": 10,
+    # No culling on every write: expired leases are overwritten by the next
+    # claim or deleted with their chunk, so nothing accumulates.
+    "cull_limit": 0,
     "sqlite_mmap_size": 0,
     "sqlite_cache_size": 2048,
     "disk_min_file_size": 1 << 20,
