@@ -142,29 +142,16 @@ def encode_payload(event: Event, nr: int, default_ip: bytes | None = None) -> by
     ``default_ip`` is used when the event has no ``ip`` of its own; when both
     are None the field is left out and the collector fills it in.
     """
-    at, name, user_id, ip, params, is_testing = event
-    parts = [b"\x08", varint(at), b"\x12", varint(len(name)), name, b"\x18", varint(nr)]
-    if user_id is not None:
-        parts += (b"\x20", varint(user_id))
-    if ip is None:
-        ip = default_ip
-    if ip is not None:
-        parts += (b"\x2a", varint(len(ip)), ip)
-    if params is not None:
-        parts += (b"\x32", varint(len(params)), params)
-    if is_testing:
-        parts.append(b"\x38\x01")
-    body = b"".join(parts)
-    return b"\x42" + varint(len(body)) + body
+    return encode_payloads((event,), nr, default_ip)[0]
 
 
 def encode_payloads(
     events: Sequence[Event], first_nr: int, default_ip: bytes | None = None
 ) -> list[bytes]:
-    """``encode_payload`` for a run of events numbered from ``first_nr`` on.
+    """Framed payloads for a run of events numbered from ``first_nr`` on.
 
-    The same bytes, faster: events logged in the same second share ``at``,
-    whose varint is computed once.
+    Fields in the order ``payload.proto`` numbers them; events logged in the
+    same second share ``at``, whose varint is computed once.
     """
     out: list[bytes] = []
     append = out.append
