@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -95,3 +98,48 @@ def test_a_corrupt_database_is_set_aside_and_a_new_one_used(
     assert "corrupt" in capfd.readouterr().err
     aside = list(folder.glob("cache.db.corrupt-*"))
     assert len(aside) == 1 and aside[0].read_bytes().startswith(b"this is not")
+
+
+DISK_FULL_SCRIPT = """
+import json, logging, resource, signal, sys, time
+from hamustro_logging import HamustroHandler
+url, qdir = sys.argv[1], sys.argv[2]
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
+handler = HamustroHandler(collector_url=url, shared_secret_key="test-secret",
+    device_id="device-1", client_id="client-1", system_version="OS X 10.11",
+    product_version="1.0.0", queue_dir=qdir, queue_size=10**6,
+    backoff_base=0.05, backoff_cap=0.5)
+log = logging.getLogger("app")
+log.setLevel(logging.INFO)
+log.propagate = False
+log.addHandler(handler)
+for i in range(10):
+    log.info("e", extra={"event": "e", "user_id": i})
+assert handler.flush(timeout=10)
+soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+resource.setrlimit(resource.RLIMIT_FSIZE, (4096, hard))  # the disk is full
+for i in range(10, 30):
+    log.info("e", extra={"event": "e", "user_id": i})
+time.sleep(1.5)
+full = handler.stats()
+resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))  # space is back
+print(json.dumps({"full": full, "ok": handler.flush(timeout=15)}))
+"""
+
+
+def test_disk_full_keeps_events_in_memory_until_space_comes_back(
+    tmp_path: Path, collector: DevCollector
+) -> None:
+    """A real EFBIG from the kernel (RLIMIT_FSIZE) in a real subprocess."""
+    script = tmp_path / "disk_full.py"
+    script.write_text(DISK_FULL_SCRIPT)
+    done = subprocess.run(
+        [sys.executable, str(script), collector.url, str(tmp_path / "queue")],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["full"]["buffered"] == 20 and result["full"]["dropped"] == {}
+    assert result["ok"] is True
+    assert "cannot write the queue" in done.stderr and "writable again" in done.stderr
+    assert sorted(e["user_id"] for e in collector.wait_for(30)) == list(range(30))
