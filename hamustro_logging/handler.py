@@ -239,7 +239,9 @@ class HamustroHandler(logging.Handler):
         if self._closed:
             return
         _INHERITED.append((self.tracker._queue, self.tracker.transport))
-        self.tracker._open(lazy=True)
+        # Nothing here may block inside os.fork(): the queue is opened by the
+        # child's own spool thread (or first use), not in this hook.
+        self.tracker._open(defer=True)
         self._flusher = Flusher(self.tracker, self.max_buffer, name=f"hamustro-{id(self):x}")
         self._flusher.start()
 

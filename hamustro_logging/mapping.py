@@ -127,6 +127,8 @@ def build_event(
             raise EventError("ip", f"expected str, got {_type_name(ip)}")
         try:
             ipaddress.ip_address(ip)
+            if not ip.isascii():  # an IPv6 scope id may be any text
+                raise ValueError(ip)
         except ValueError:
             raise EventError("ip", f"str {ip[:64]!r} is not an IPv4 or IPv6 address") from None
         ip_bytes = ip.encode("ascii")

@@ -39,11 +39,14 @@ so one scan from the front finds the oldest unsent events of a session.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
+import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import diskcache
 import diskcache.core
@@ -182,6 +185,44 @@ class SessionInfo:
     oldest_nr: int
 
 
+#: Every use of SQLite by a Queue in this process happens under this lock, and
+#: os.fork() takes it too (register_at_fork below), so no thread of ours is
+#: inside SQLite when the process forks. A child inherits a copy of SQLite's
+#: state: forked while a thread held the write lock, or one of SQLite's
+#: internal mutexes, the child could never write to the folder, or would hang
+#: on its first call. The calls it guards are short; a fork waits for the one
+#: in progress. It also makes this process's threads take turns at the
+#: database instead of busy-waiting inside SQLite. Reentrant: a method may
+#: call another.
+_fork_gate = threading.RLock()
+
+
+def _reset_gate_in_child() -> None:
+    global _fork_gate
+    _fork_gate = threading.RLock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(
+        before=lambda: _fork_gate.acquire(),
+        after_in_parent=lambda: _fork_gate.release(),
+        after_in_child=_reset_gate_in_child,
+    )
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _gated(method: _F) -> _F:
+    """Run ``method`` under the fork gate."""
+
+    @functools.wraps(method)
+    def gated(*args: Any, **kwargs: Any) -> Any:
+        with _fork_gate:
+            return method(*args, **kwargs)
+
+    return cast(_F, gated)
+
+
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -244,25 +285,37 @@ class Queue:
         self.max_events = max_events
         self.max_bytes = max_bytes
         os.makedirs(self.directory, mode=0o700, exist_ok=True)
-        old_umask = os.umask(0o077)  # database files 0600
-        try:
+        with _fork_gate:
             self._cache = diskcache.Cache(
                 self.directory, timeout=timeout, disk=SafeDisk, **_SETTINGS
             )
             # A brand-new queue counts retention from its creation, so it does
             # not send on every event before its first sync.
             self._cache.add(_LAST_SYNC, _now_ms())
-        finally:
-            os.umask(old_umask)
+        # The database and its WAL files exist now: only their owner reads them.
+        # (chmod, not umask: the umask is the whole process's, other threads'
+        # files included.)
+        for name in os.listdir(self.directory):
+            if name.startswith("cache.db"):
+                with contextlib.suppress(OSError):
+                    os.chmod(os.path.join(self.directory, name), 0o600)
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """A diskcache transaction (``BEGIN IMMEDIATE``), under the fork gate."""
+        with _fork_gate, self._cache.transact():
+            yield
 
     # -- writing ---------------------------------------------------------------
 
+    @_gated
     def register_header(self, session: str, header: bytes) -> str:
         """Store a session's collection header; return its id for :meth:`append`."""
         hid = md5hex(header)[:8]
         self._cache.add(f"h/{session}/{hid}", header)
         return hid
 
+    @_gated
     def append(
         self, session: str, hid: str, events: Sequence[Event], default_ip: bytes | None = None
     ) -> Appended:
@@ -279,7 +332,7 @@ class Queue:
         stored stays until the collector has it.
         """
         cache = self._cache
-        with cache.transact():
+        with self._transaction():
             room = self.max_events - int(cache.get(_PENDING, 0))
             room_bytes = self.max_bytes - int(cache.get(_PENDING_BYTES, 0))
             count = max(0, min(len(events), room))
@@ -297,7 +350,7 @@ class Queue:
                 size -= len(frame)
                 break
         if frames:
-            with cache.transact():
+            with self._transaction():
                 self._put_chunks(session, hid, first, frames)
                 cache.incr(_PENDING, len(frames))
                 cache.incr(_PENDING_BYTES, size)
@@ -319,6 +372,7 @@ class Queue:
 
     # -- sending ---------------------------------------------------------------
 
+    @_gated
     def claim(
         self,
         owner: str,
@@ -339,7 +393,7 @@ class Queue:
         data: list[bytes] = []
         count = size = 0
         group: tuple[str, str] | None = None
-        with cache.transact():
+        with self._transaction():
             for key in cache.iterkeys():
                 if not isinstance(key, str) or not key.startswith("e/"):
                     break
@@ -367,6 +421,7 @@ class Queue:
                 cache.set("l/" + key, token, expire=lease_seconds)
         return Batch(group[0], tuple(keys), header, b"".join(data), count, token)
 
+    @_gated
     def ack(self, batch: Batch) -> Settled:
         """Delete a batch after the collector answered 200.
 
@@ -376,6 +431,7 @@ class Queue:
         """
         return self.settle(batch, [True] * batch.count)
 
+    @_gated
     def settle(self, batch: Batch, verdicts: Sequence[bool | None]) -> Settled:
         """Apply a verdict per payload of ``batch`` (in order), in one transaction.
 
@@ -387,7 +443,7 @@ class Queue:
         cache = self._cache
         sent = resent = rejected = freed = 0
         frames = iter(zip(batch.frames(), verdicts, strict=True))
-        with cache.transact():
+        with self._transaction():
             for key in batch.keys:
                 session, hid, _, n = _parse_chunk_key(key)
                 mine = cache.get("l/" + key) == batch.token
@@ -420,6 +476,7 @@ class Queue:
                 cache.set(_LAST_SYNC, _now_ms())
         return Settled(sent, resent, rejected)
 
+    @_gated
     def release(self, batch: Batch, maybe_sent: bool = False) -> None:
         """Give a batch back unsent (any answer but 200): drop our leases only.
 
@@ -428,32 +485,35 @@ class Queue:
         these chunks is then counted as a resend.
         """
         cache = self._cache
-        with cache.transact():
+        with self._transaction():
             for key in batch.keys:
                 if cache.get("l/" + key) == batch.token:
                     cache.delete("l/" + key)
                     if maybe_sent:
                         cache.set("m/" + key, 1)
 
+    @_gated
     def renew(self, batch: Batch, lease_seconds: float) -> None:
         """Extend our leases on ``batch`` (a long bisection needs more time)."""
         cache = self._cache
-        with cache.transact():
+        with self._transaction():
             for key in batch.keys:
                 if cache.get("l/" + key) == batch.token:
                     cache.set("l/" + key, batch.token, expire=lease_seconds)
 
     # -- the rejected area -----------------------------------------------------
 
+    @_gated
     def rejected_count(self) -> int:
         """Events set aside after the collector refused them (400)."""
         return int(self._cache.get(_REJECTED, 0))
 
+    @_gated
     def retry_rejected(self) -> int:
         """Move every rejected event back to pending; return how many moved."""
         moved = freed = 0
         cache = self._cache
-        with cache.transact():
+        with self._transaction():
             for key in list(self._keys_with("r/")):
                 value = cache.get(key)
                 cache.delete(key)
@@ -472,8 +532,7 @@ class Queue:
         prefix = "r/" if rejected else "e/"
         for key in self._keys_with(prefix):
             session, hid, first, _ = _parse_chunk_key(key)
-            value = self._cache.get(key)
-            header = self._cache.get(f"h/{session}/{hid}")
+            value, header = self._get(key), self._get(f"h/{session}/{hid}")
             if not isinstance(value, bytes) or not isinstance(header, bytes):
                 continue
             for i, frame in enumerate(iter_frames(value)):
@@ -481,22 +540,27 @@ class Queue:
 
     # -- reading ---------------------------------------------------------------
 
+    @_gated
     def pending_count(self) -> int:
         """Unsent events (leased ones included)."""
         return int(self._cache.get(_PENDING, 0))
 
+    @_gated
     def pending_bytes(self) -> int:
         """Bytes of the unsent payloads."""
         return int(self._cache.get(_PENDING_BYTES, 0))
 
+    @_gated
     def last_sync(self) -> float:
         """Epoch seconds of the last 200 (or of the queue's creation)."""
         return int(self._cache.get(_LAST_SYNC, 0)) / 1000
 
+    @_gated
     def last_numbers(self) -> dict[str, int]:
         """The last ``nr`` given in every session this folder has seen."""
         return {key[2:]: int(self._cache.get(key, 0)) for key in self._keys_with("n/")}
 
+    @_gated
     def sessions(self) -> list[SessionInfo]:
         """Per session: unsent and leased events, bytes and the oldest ``nr``."""
         out: dict[str, list[int]] = {}
@@ -511,13 +575,17 @@ class Queue:
             info[3] = min(info[3], first_nr)
         return [SessionInfo(s, *v) for s, v in out.items()]
 
-    def _keys_with(self, prefix: str) -> Iterator[str]:
-        # iterkeys pages through the index 100 keys at a time: the backlog is
-        # never read into memory at once.
-        for key in self._cache.iterkeys():
-            if isinstance(key, str) and key.startswith(prefix):
-                yield key
+    @_gated
+    def _keys_with(self, prefix: str) -> list[str]:
+        # iterkeys pages through the index 100 keys at a time; only the keys
+        # are kept (a chunk key per up to 500 events), never the values.
+        return [k for k in self._cache.iterkeys() if isinstance(k, str) and k.startswith(prefix)]
 
+    @_gated
+    def _get(self, key: str) -> Any:
+        return self._cache.get(key)
+
+    @_gated
     def close(self) -> None:
         """Close this thread's SQLite connection (others close with their threads)."""
         self._cache.close()

@@ -265,12 +265,13 @@ class ClientTracker:
         self.reporter = Reporter(secrets=[secret])
         self._open(lazy=open_lazily)
 
-    def _open(self, lazy: bool = False) -> None:
+    def _open(self, lazy: bool = False, defer: bool = False) -> None:
         """Open the queue and the transport (again in a forked child).
 
         ``lazy``: if the queue folder cannot be opened now, say so and open
         it on first use instead of raising (the handler must not stop the
-        application from starting because a disk is full).
+        application from starting because a disk is full). ``defer``: do not
+        even try now; the first use opens it.
         """
         self._queue: Queue | None = None
         self._db_id: tuple[int, int] | None = None
@@ -281,6 +282,8 @@ class ClientTracker:
             max_batch_events=self._queue_options["chunk_events"],
             max_batch_bytes=self._queue_options["chunk_bytes"] * 2, backoff=self._backoff,
         )  # fmt: skip
+        if defer:
+            return
         try:
             self._open_queue()
         except Exception as exc:

@@ -7,7 +7,9 @@ and a deadlock fails the test (every wait has a timeout) instead of hanging it.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import select
 import signal
 import socket
@@ -78,6 +80,10 @@ time.sleep(3600)
 
 FORK = """
 emit(2)
+handler.flush(timeout=10)
+# Let the handler's threads settle into their waits: a fork while one of them
+# is inside SQLite deadlocks the child (see FORK_WHILE_BUSY and its test).
+time.sleep(0.3)
 go_read, go_write = os.pipe()
 pid = os.fork()
 if pid == 0:  # the child: own threads, own connections, same folder
@@ -95,6 +101,38 @@ child = os.waitstatus_to_exitcode(status)
 last_flushed = handler.flush(timeout=10)
 print(json.dumps({"child": child, "parent_flushed": parent_flushed, "last": last_flushed}))
 sys.exit(0 if child == 0 and parent_flushed and last_flushed else 1)
+"""
+
+FORK_WHILE_BUSY = """
+import signal, threading
+
+def keep_logging():
+    i = 0
+    while True:
+        emit(1, start=i)
+        i += 1
+        time.sleep(0.0005)
+
+threading.Thread(target=keep_logging, daemon=True).start()
+time.sleep(0.2)  # the spool thread now writes to SQLite nearly all the time
+hung = 0
+for _ in range(cfg["forks"]):
+    pid = os.fork()
+    if pid == 0:  # the child uses the handler once, then leaves
+        log.info("child", extra={"event": "child"})
+        handler.stats()
+        os._exit(0)
+    deadline = time.monotonic() + 5
+    while os.waitpid(pid, os.WNOHANG) == (0, 0):
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            hung += 1
+            break
+        time.sleep(0.01)
+    if hung:
+        break
+print(json.dumps({"hung": hung}))
 """
 
 EXIT_WITHOUT_CLOSE = """
@@ -158,13 +196,10 @@ class Script:
     def run(
         self, body: str, config: dict[str, Any], timeout: float
     ) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            self._argv(body, config),
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            cwd=self.tmp_path,
-        )
+        """Run to the end; TimeoutExpired (a test failure) after ``timeout`` seconds."""
+        proc = self.start(body, config)
+        out, err = proc.communicate(timeout=timeout)
+        return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
     def start(self, body: str, config: dict[str, Any]) -> subprocess.Popen[str]:
         proc = subprocess.Popen(
@@ -173,14 +208,16 @@ class Script:
             stderr=subprocess.PIPE,
             text=True,
             cwd=self.tmp_path,
+            start_new_session=True,  # its own process group: forked children die with it
         )
         self.running.append(proc)
         return proc
 
     def stop_all(self) -> None:
+        """Kill what is left of each script's process group (a stuck forked child too)."""
         for proc in self.running:
-            if proc.poll() is None:
-                proc.kill()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
             proc.communicate(timeout=10)
 
 
@@ -283,6 +320,15 @@ def test_fork_child_gets_own_threads_and_numbers_stay_unique(
     parent = [e for e in events if e["user_id"] is None]
     assert sorted(json.loads(e["parameters"])["i"] for e in parent) == [0, 1, 2, 3]
     assert pending_in(tmp_path / "q") == 0
+
+
+def test_fork_while_handler_threads_write_does_not_deadlock_the_child(
+    secret: str, tmp_path: Path, script: Script
+) -> None:
+    options = handler_options(closed_port_url(), secret, tmp_path / "q", queue_size=10**6)
+    done = script.run(FORK_WHILE_BUSY, {"handler": options, "forks": 40}, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"hung": 0}
 
 
 # -- D. exit without close() while the collector is unreachable -------------------

@@ -1,0 +1,215 @@
+"""Properties of the mapping: any input is either refused with a clear ``EventError`` or encodes.
+
+Whatever a caller logs (wrong types, lone surrogates, NaN, bytes and sets
+inside params, out-of-range ids), ``build_event`` and ``HamustroHandler.map_record``
+either raise :class:`EventError` with one line naming one of the five fields,
+or return an event whose encoded payload decodes with the generated Protobuf
+code and carries exactly what was logged. No other exception type escapes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hamustro_logging import HamustroHandler, payload_pb2, wire
+from hamustro_logging.mapping import EventError, build_event
+
+from .support import tracker_config
+
+FIELDS = {"event", "user_id", "params", "is_testing", "ip"}
+AT = 1_700_000_000
+NR = 7
+DEVICE = wire.sha256hex("device-1")
+SESSION = wire.session_id(DEVICE, "client-1", "OS X 10.11", "1.0.0")
+HEADER = wire.collection_header(DEVICE, "client-1", SESSION, "OS X 10.11", "1.0.0")
+
+# -- strategies ------------------------------------------------------------------
+
+SURROGATE = st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF)
+#: Any text, lone surrogates included (plain ``st.text()`` never makes one).
+TEXT = st.one_of(st.text(), st.text(alphabet=st.one_of(st.characters(), SURROGATE)))
+
+LEAF: st.SearchStrategy[Any] = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(allow_nan=True, allow_infinity=True),
+    TEXT,
+    st.binary(max_size=8),
+    st.sets(st.integers(), max_size=3),
+)
+#: Keys JSON can take (str, int, float, bool, None) and one it cannot (a tuple).
+KEY: st.SearchStrategy[Any] = st.one_of(
+    TEXT, st.integers(), st.floats(), st.booleans(), st.none(), st.tuples(st.integers())
+)
+JSONISH: st.SearchStrategy[Any] = st.recursive(
+    LEAF,
+    lambda children: st.one_of(
+        st.lists(children, max_size=4),
+        st.tuples(children, children),
+        st.dictionaries(KEY, children, max_size=4),
+    ),
+    max_leaves=20,
+)
+
+
+def mostly(
+    valid: st.SearchStrategy[Any], anything: st.SearchStrategy[Any]
+) -> st.SearchStrategy[Any]:
+    """``valid`` three times in four, else ``anything``.
+
+    With five fields, a uniform pick would almost never make a whole event
+    valid, and the encoding half of the property would go untested.
+    """
+    return st.integers(0, 3).flatmap(lambda i: anything if i == 0 else valid)
+
+
+EVENT = mostly(st.text(min_size=1), st.one_of(TEXT, st.none(), st.integers(), st.binary()))
+USER_ID = mostly(
+    st.one_of(st.none(), st.integers(0, 2**32 - 1)),
+    st.one_of(st.integers(-(2**40), 2**40), st.booleans(), TEXT, st.floats()),
+)
+PARAMS = st.one_of(
+    st.none(),
+    TEXT,
+    st.dictionaries(KEY, JSONISH, max_size=5),
+    st.lists(JSONISH, max_size=5),
+    st.integers(),
+)
+IS_TESTING = mostly(st.booleans(), st.one_of(st.integers(), st.none(), TEXT))
+IP = mostly(st.one_of(st.none(), st.ip_addresses().map(str)), st.one_of(TEXT, st.integers()))
+
+
+# -- the property ----------------------------------------------------------------
+
+
+def check(
+    build: Callable[[], wire.Event | None],
+    event: object,
+    user_id: object,
+    params: object,
+    is_testing: object,
+    ip: object,
+) -> None:
+    """``build()`` refuses with a one-line EventError naming a field, or encodes what was given.
+
+    Any other exception propagates and fails the test.
+    """
+    try:
+        built = build()
+    except EventError as exc:
+        assert exc.field in FIELDS
+        message = str(exc)
+        assert len(message.splitlines()) == 1, message
+        assert repr(exc.field) in message
+        return
+    assert built is not None
+    collection = payload_pb2.Collection.FromString(HEADER + wire.encode_payload(built, NR))
+    assert collection.IsInitialized()
+    assert collection.session == SESSION
+    (payload,) = collection.payloads
+    assert (payload.at, payload.nr) == (AT, NR)
+    assert payload.event == event
+    if user_id is None:
+        assert not payload.HasField("user_id")
+    else:
+        assert payload.user_id == user_id
+    if ip is None:
+        assert not payload.HasField("ip")
+    else:
+        assert payload.ip == ip
+    assert payload.is_testing is is_testing
+    if params is None:
+        assert not payload.HasField("parameters")
+    elif isinstance(params, str):
+        assert payload.parameters == params
+    else:
+        json.loads(payload.parameters)  # valid (to Python's parser: NaN and Infinity pass)
+        # the README's rule: compact JSON, whatever JSON cannot encode through str()
+        compact = json.dumps(params, separators=(",", ":"), ensure_ascii=False, default=str)
+        assert payload.parameters == compact
+
+
+@settings(max_examples=300)
+@given(event=EVENT, user_id=USER_ID, params=PARAMS, is_testing=IS_TESTING, ip=IP)
+def test_build_event_refuses_clearly_or_encodes_what_was_given(
+    event: object, user_id: object, params: object, is_testing: object, ip: object
+) -> None:
+    check(
+        lambda: build_event(event, user_id, params, is_testing, ip, AT),
+        event, user_id, params, is_testing, ip,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def handler(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HamustroHandler]:
+    """One handler for every example (module scope: hypothesis reruns the test body)."""
+    queue_dir = tmp_path_factory.mktemp("properties")
+    made = HamustroHandler(**tracker_config("http://127.0.0.1:9", queue_dir), close_timeout=0.5)
+    yield made
+    made.close()
+
+
+@settings(max_examples=300)
+@given(event=EVENT, user_id=USER_ID, params=PARAMS, is_testing=IS_TESTING, ip=IP)
+def test_map_record_refuses_clearly_or_encodes_what_was_given(
+    handler: HamustroHandler,
+    event: object,
+    user_id: object,
+    params: object,
+    is_testing: object,
+    ip: object,
+) -> None:
+    record = logging.makeLogRecord(
+        {
+            "event": event,
+            "user_id": user_id,
+            "params": params,
+            "is_testing": is_testing,
+            "ip": ip,
+            "created": AT + 0.75,
+        }
+    )
+    check(lambda: handler.map_record(record), event, user_id, params, is_testing, ip)
+
+
+# -- inputs the strategies above do not reach, or reach too rarely ----------------
+
+
+@pytest.mark.parametrize("ip", ["fe80::1%\u00e9th0", "::1%\ud800"])
+def test_ipv6_with_a_non_ascii_scope_id_is_an_ip_error(ip: str) -> None:
+    with pytest.raises(EventError) as caught:
+        build_event("e", ip=ip, at=AT)
+    assert caught.value.field == "ip"
+
+
+def test_deeply_nested_params_are_a_params_error() -> None:
+    nested: list[Any] = []
+    for _ in range(100_000):
+        nested = [nested]
+    with pytest.raises(EventError) as caught:
+        build_event("e", params=nested, at=AT)
+    assert caught.value.field == "params"
+
+
+def _refuse_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_params_with_non_finite_floats_are_refused_or_strict_json(value: float) -> None:
+    """Bare NaN/Infinity is not JSON (RFC 8259): refused as a params error, or never sent."""
+    try:
+        event = build_event("e", params={"a": [value]}, at=AT)
+    except EventError as exc:
+        assert exc.field == "params"
+        return
+    assert event.params is not None
+    json.loads(event.params, parse_constant=_refuse_constant)
