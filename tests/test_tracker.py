@@ -247,7 +247,9 @@ def test_queue_files_hold_no_pickle_and_no_raw_device_id(
     assert all(mode in (1, 2) for _, _, mode in rows)  # raw or binary: never 4 (pickle)
     for path in tmp_path.rglob("*"):
         if path.is_file():
-            assert b"device-1" not in path.read_bytes(), path
+            data = path.read_bytes()
+            assert b"device-1" not in data, path  # the raw device id
+            assert TEST_SECRET.encode() not in data, path  # the shared secret
 
 
 def test_a_tampered_pickle_in_the_queue_is_refused_not_run(tmp_path: Path) -> None:
