@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from hamustro_logging.collector import DevCollector
+from hamustro_logging.queue import Queue
 
 TEST_SECRET = "test-secret"  # noqa: S105 -- a test fixture, not a credential
 
@@ -37,6 +38,15 @@ def dead_url() -> str:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     return f"http://127.0.0.1:{port}"
+
+
+def pending_in(queue_dir: Path) -> int:
+    """Unsent events in a folder, read through a Queue of its own."""
+    queue = Queue(queue_dir)
+    try:
+        return queue.pending_count()
+    finally:
+        queue.close()
 
 
 def numbers(events: list[dict[str, Any]]) -> list[tuple[str, int]]:

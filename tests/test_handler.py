@@ -12,7 +12,6 @@ import logging
 import logging.config
 import platform
 import re
-import socket
 import subprocess
 import sys
 import threading
@@ -28,6 +27,8 @@ from hamustro_logging.collector import DevCollector
 from hamustro_logging.queue import Queue
 from hamustro_logging.wire import Event, session_id, sha256hex
 
+from .support import dead_url, pending_in
+
 IDENTITY: dict[str, str] = {
     "device_id": "device-1",
     "client_id": "client-1",
@@ -40,23 +41,6 @@ FAST: dict[str, float] = {"backoff_base": 0.05, "backoff_cap": 0.5}
 
 MakeHandler = Callable[..., HamustroHandler]
 Attach = Callable[[str, logging.Handler], logging.Logger]
-
-
-def closed_port_url() -> str:
-    """A loopback URL nothing listens on (bound once, then closed)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"http://127.0.0.1:{port}"
-
-
-def pending_in(queue_dir: Path) -> int:
-    """Unsent events in a folder, read through a Queue of its own."""
-    queue = Queue(queue_dir)
-    try:
-        return queue.pending_count()
-    finally:
-        queue.close()
 
 
 def keys(events: list[dict[str, Any]]) -> list[tuple[str, int]]:
@@ -419,7 +403,7 @@ def test_records_from_http_stack_and_own_loggers_are_never_queued(
 def test_durable_event_is_on_disk_when_emit_returns(
     make_handler: MakeHandler, attach: Attach, tmp_path: Path
 ) -> None:
-    handler = make_handler(closed_port_url(), durable=True)
+    handler = make_handler(dead_url(), durable=True)
     log = attach("durable.app", handler)
     log.info("paid", extra={"event": "paid", "user_id": 1})
     assert pending_in(tmp_path / "q") == 1  # no wait: on disk before emit returned
@@ -435,7 +419,7 @@ def test_durable_event_is_on_disk_when_emit_returns(
 def test_dead_collector_keeps_everything_for_the_next_start(
     collector: DevCollector, make_handler: MakeHandler, attach: Attach, tmp_path: Path
 ) -> None:
-    dead = make_handler(closed_port_url())
+    dead = make_handler(dead_url())
     log = attach("dead.app", dead)
     for i in range(200):
         log.info("e", extra={"event": "dead.e", "params": {"i": i}})

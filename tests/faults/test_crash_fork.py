@@ -12,7 +12,6 @@ import json
 import os
 import select
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +25,8 @@ from hamustro_logging import HamustroHandler
 from hamustro_logging.collector import DevCollector
 from hamustro_logging.queue import Queue
 from hamustro_logging.wire import session_id, sha256hex
+
+from ..support import dead_url, pending_in
 
 IDENTITY: dict[str, str] = {
     "device_id": "device-1",
@@ -138,21 +139,6 @@ print("emitted", flush=True)
 """
 
 
-def closed_port_url() -> str:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"http://127.0.0.1:{port}"
-
-
-def pending_in(queue_dir: Path) -> int:
-    queue = Queue(queue_dir)
-    try:
-        return queue.pending_count()
-    finally:
-        queue.close()
-
-
 def leased_in(queue_dir: Path) -> int:
     queue = Queue(queue_dir)
     try:
@@ -255,7 +241,7 @@ def test_sigkill_while_collector_is_dead_loses_nothing(
     collector: DevCollector, secret: str, tmp_path: Path, script: Script
 ) -> None:
     queue_dir = tmp_path / "q"
-    dead = handler_options(closed_port_url(), secret, queue_dir, timeout=(0.5, 0.5))
+    dead = handler_options(dead_url(), secret, queue_dir, timeout=(0.5, 0.5))
     proc = script.start(KILL_WHILE_WAITING, {"handler": dead, "n": 500})
     wait_for_line(proc, "ready")
     kill9(proc)
@@ -323,7 +309,7 @@ def test_fork_while_handler_threads_write_does_not_deadlock_the_child(
 ) -> None:
     # A child forked while a handler thread is inside SQLite must not block on a
     # SQLite lock that thread held (seen as a hang of the child in sqlite3Malloc).
-    options = handler_options(closed_port_url(), secret, tmp_path / "q", queue_size=10**6)
+    options = handler_options(dead_url(), secret, tmp_path / "q", queue_size=10**6)
     done = script.run(FORK_WHILE_BUSY, {"handler": options, "forks": 40}, timeout=60)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == {"hung": 0}
@@ -336,7 +322,7 @@ def test_exit_with_dead_collector_is_prompt_and_next_run_delivers(
     collector: DevCollector, secret: str, tmp_path: Path, script: Script
 ) -> None:
     queue_dir = tmp_path / "q"
-    dead = handler_options(closed_port_url(), secret, queue_dir)
+    dead = handler_options(dead_url(), secret, queue_dir)
     started = time.monotonic()
     done = script.run(EXIT_WITHOUT_CLOSE, {"handler": dead, "n": 100}, timeout=15)
     assert time.monotonic() - started < 15

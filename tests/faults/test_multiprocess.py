@@ -19,8 +19,9 @@ from collections import Counter
 from pathlib import Path
 
 from hamustro_logging.collector import DevCollector
-from hamustro_logging.queue import Queue
 from hamustro_logging.wire import session_id, sha256hex
+
+from ..support import pending_in
 
 SESSION = session_id(sha256hex("device-1"), "client-1", "OS X 10.11", "1.0.0")
 WORKERS = 4
@@ -114,14 +115,6 @@ print(json.dumps({"child": child, "parent": parent}), flush=True)
 logging.shutdown()
 """
 )
-
-
-def pending_in(queue_dir: Path) -> int:
-    queue = Queue(queue_dir)
-    try:
-        return queue.pending_count()
-    finally:
-        queue.close()
 
 
 def start(script: Path, *args: str) -> subprocess.Popen[str]:
