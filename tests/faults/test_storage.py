@@ -29,6 +29,18 @@ def log() -> Iterator[logging.Logger]:
         handler.close()
 
 
+def remove(folder: Path) -> None:
+    """Delete the queue folder as someone would under a running app.
+
+    Renamed away first, in one step: the handler's threads may create files in
+    the folder again at any moment (that is the behaviour under test), which
+    would make a plain rmtree race with them.
+    """
+    gone = folder.with_name(folder.name + "-deleted")
+    folder.rename(gone)
+    shutil.rmtree(gone)
+
+
 def emit(log: logging.Logger, n: int, start: int = 0) -> None:
     for i in range(start, start + n):
         log.info("e", extra={"event": "e", "user_id": i})
@@ -60,7 +72,7 @@ def test_folder_deleted_under_a_running_app(
     log.addHandler(handler)
     emit(log, 3)
     assert handler.flush(timeout=10)
-    shutil.rmtree(folder)
+    remove(folder)
     emit(log, 3, start=3)
     assert handler.flush(timeout=10)
     received = collector.wait_for(6)
@@ -77,7 +89,7 @@ def test_events_after_the_folder_vanished_are_not_written_into_the_void(
     handler = HamustroHandler(**config)
     log.addHandler(handler)
     emit(log, 2)
-    shutil.rmtree(folder)
+    remove(folder)
     emit(log, 3)
     # The three later events are in the new database, where a restart finds them.
     assert handler.stats()["pending"] == 3
