@@ -78,7 +78,10 @@ class Delivery:
             queue = self._queue()
             if not force and time.monotonic() < self.retry_at:
                 return DrainResult(0, True, queue.pending_count())
-            while deadline is None or time.monotonic() < deadline:
+            # What is pending now, not what the app adds while we send: a pass
+            # that chased a busy producer would post a request per new event.
+            budget = queue.pending_count()
+            while sent < budget and (deadline is None or time.monotonic() < deadline):
                 batch = queue.claim(
                     self.owner, self.lease_seconds, self.max_batch_events, self.max_batch_bytes
                 )

@@ -211,6 +211,10 @@ if hasattr(os, "register_at_fork"):
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
+#: A chunk written one event at a time grows by rewriting it: only up to this
+#: size (about 60 typical events), so an append stays a small write.
+_TAIL_BYTES = 4096
+
 
 def _gated(method: _F) -> _F:
     """Run ``method`` under the fork gate."""
@@ -284,6 +288,7 @@ class Queue:
         self.chunk_bytes = chunk_bytes
         self.max_events = max_events
         self.max_bytes = max_bytes
+        self._tail: tuple[str, int] | None = None  # the last chunk written: key, bytes
         os.makedirs(self.directory, mode=0o700, exist_ok=True)
         with _fork_gate:
             self._cache = diskcache.Cache(
@@ -351,7 +356,8 @@ class Queue:
                 break
         if frames:
             with self._transaction():
-                self._put_chunks(session, hid, first, frames)
+                if not self._extend_tail(session, hid, first, frames, size):
+                    self._put_chunks(session, hid, first, frames)
                 cache.incr(_PENDING, len(frames))
                 cache.incr(_PENDING_BYTES, size)
         return Appended(first, first + len(frames) - 1, len(frames), len(events) - len(frames))
@@ -369,6 +375,42 @@ class Queue:
             size += len(frame)
         key = _chunk_key(session, hid, first_nr + start, len(frames) - start)
         self._cache.set(key, b"".join(frames[start:]))
+        self._tail = (key, size)
+
+    def _extend_tail(
+        self, session: str, hid: str, first_nr: int, frames: Sequence[bytes], size: int
+    ) -> bool:
+        """Add ``frames`` to the chunk this object wrote last, if they belong there.
+
+        A durable ``emit`` (or a quiet app) writes one event at a time; one
+        chunk per event would make every claim and delete of a batch touch
+        hundreds of keys. So the last chunk grows while its numbers run on,
+        nobody has claimed it and it never went out, up to ``_TAIL_BYTES``:
+        each extension rewrites the chunk, which must stay cheap. Called
+        inside a transaction.
+        """
+        if self._tail is None:
+            return False
+        key, old_size = self._tail
+        old_session, old_hid, old_first, old_count = _parse_chunk_key(key)
+        cache = self._cache
+        if not (
+            (old_session, old_hid) == (session, hid)
+            and old_first + old_count == first_nr
+            and old_count + len(frames) <= self.chunk_events
+            and old_size + size <= min(self.chunk_bytes, _TAIL_BYTES)
+            and cache.get("l/" + key) is None
+            and cache.get("m/" + key) is None
+        ):
+            return False
+        old = cache.get(key)
+        if not isinstance(old, bytes):  # sent and deleted meanwhile
+            return False
+        cache.delete(key)
+        new_key = _chunk_key(session, hid, old_first, old_count + len(frames))
+        cache.set(new_key, old + b"".join(frames))
+        self._tail = (new_key, old_size + size)
+        return True
 
     # -- sending ---------------------------------------------------------------
 

@@ -86,7 +86,12 @@ def run_cli(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> An
 
 
 def fill(collector: DevCollector | str, queue_dir: Path, n: int, **overrides: Any) -> str:
-    """Queue ``n`` events (none sent: queue_size is huge); return their session."""
+    """Queue ``n`` events (none sent: queue_size is huge); return their session.
+
+    One event per stored chunk (max_batch_events=1), so the tests can claim
+    and refuse exactly the events they name.
+    """
+    overrides.setdefault("max_batch_events", 1)
     config = tracker_config(collector, queue_dir, queue_size=10**6, **overrides)
     with ClientTracker(**config) as tracker:
         for i in range(n):

@@ -25,8 +25,22 @@ def test_numbers_continue_and_chunks_are_bounded(tmp_path: Path) -> None:
     batch = q.claim("a", 60, max_events=100)
     assert batch is not None
     assert [nr for nr, _ in batch.frames()] == list(range(1, 12))
-    assert len(batch.keys) == 4  # 4 + 4 + 2 from the first append, 1 from the second
+    # 4 + 4 + 2 from the first append; the second append's event joins the last
+    # chunk (its numbers run on, and it is below the limit): 4 + 4 + 3.
+    assert [int(k.rsplit("/", 1)[1]) for k in batch.keys] == [4, 4, 3]
     assert batch.body.startswith(HEADER)
+
+
+def test_a_claimed_chunk_is_not_extended(tmp_path: Path) -> None:
+    q = Queue(tmp_path, chunk_events=10)
+    hid = q.register_header("s", HEADER)
+    q.append("s", hid, events(2))
+    batch = q.claim("a", 60)
+    assert batch is not None and batch.count == 2
+    q.append("s", hid, events(1))  # the leased chunk is left alone: a new one
+    assert q.ack(batch).sent == 2
+    rest = q.claim("a", 60)
+    assert rest is not None and [nr for nr, _ in rest.frames()] == [3]
 
 
 def test_a_lease_keeps_others_off_until_it_expires(tmp_path: Path) -> None:

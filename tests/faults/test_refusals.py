@@ -10,7 +10,7 @@ import pytest
 from hamustro_logging import ClientTracker
 from hamustro_logging.collector import DevCollector
 from hamustro_logging.queue import QueueFull, SafeDisk
-from hamustro_logging.wire import varint
+from hamustro_logging.wire import iter_frames, varint
 
 from ..support import numbers, tracker_config
 
@@ -22,9 +22,15 @@ def break_event(queue_dir: Path, nr: int) -> None:
     incompatible record): the collector answers 400 to any collection with it.
     """
     cache = diskcache.Cache(str(queue_dir), disk=SafeDisk)
-    key = next(k for k in cache.iterkeys() if k.startswith("e/") and k.endswith(f"/{nr:010d}/1"))
-    body = b"\x08" + varint(1_700_000_000) + b"\x12\x03bad"
-    cache.set(key, b"\x42" + varint(len(body)) + body)
+    for key in list(cache.iterkeys()):
+        if not key.startswith("e/"):
+            continue
+        first, count = (int(part) for part in key.split("/")[3:])
+        if first <= nr < first + count:
+            frames = list(iter_frames(cache.get(key)))
+            body = b"\x08" + varint(1_700_000_000) + b"\x12\x03bad"
+            frames[nr - first] = b"\x42" + varint(len(body)) + body
+            cache.set(key, b"".join(frames))
     cache.close()
 
 
