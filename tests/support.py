@@ -8,8 +8,20 @@ from typing import Any
 
 from hamustro_logging.collector import DevCollector
 from hamustro_logging.queue import Queue
+from hamustro_logging.wire import session_id, sha256hex
 
 TEST_SECRET = "test-secret"  # noqa: S105 -- a test fixture, not a credential
+
+#: The identity every test uses, and its session (collector.md's vector).
+IDENTITY: dict[str, str] = {
+    "device_id": "device-1",
+    "client_id": "client-1",
+    "system_version": "OS X 10.11",
+    "product_version": "1.0.0",
+}
+SESSION = session_id(sha256hex("device-1"), "client-1", "OS X 10.11", "1.0.0")
+#: Quick retries, so a test that goes through failures stays short.
+FAST: dict[str, float] = {"backoff_base": 0.05, "backoff_cap": 0.5}
 
 
 def tracker_config(
