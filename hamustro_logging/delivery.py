@@ -46,7 +46,7 @@ class Delivery:
         reporter: Reporter,
         stats: Stats,
         *,
-        max_batch_events: int = 2000,
+        max_batch_events: int = 500,
         max_batch_bytes: int = 512 * 1024,
         backoff: Backoff | None = None,
     ) -> None:

@@ -277,7 +277,7 @@ class Queue:
         self,
         directory: str | os.PathLike[str],
         *,
-        chunk_events: int = 2000,
+        chunk_events: int = 500,
         chunk_bytes: int = 256 * 1024,
         max_events: int = 10_000_000,
         max_bytes: int = 1 << 30,
@@ -620,7 +620,7 @@ class Queue:
     @_gated
     def _keys_with(self, prefix: str) -> list[str]:
         # iterkeys pages through the index 100 keys at a time; only the keys
-        # are kept (a chunk key per up to max_batch_events events), never the values.
+        # are kept (a chunk key per up to 500 events), never the values.
         return [k for k in self._cache.iterkeys() if isinstance(k, str) and k.startswith(prefix)]
 
     @_gated

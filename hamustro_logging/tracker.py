@@ -56,9 +56,7 @@ TRACKER_OPTIONS: dict[str, Spec] = {
     "detect_ip": ("bool", True),
     "timeout": ("timeout", (3.05, 10.0)),
     "verify": ("verify", True),
-    # 2,000 events (about 140 KB) a request: measured 20% faster end to end than
-    # 500 (benchmarks/e2e_rate.py), and a 400 still bisects in 11 steps.
-    "max_batch_events": (int, 2000),
+    "max_batch_events": (int, 500),
     "max_batch_bytes": (int, 512 * 1024),
     "max_event_bytes": (int, DEFAULT_MAX_EVENT_BYTES),
     "max_queue_events": (int, 10_000_000),
