@@ -139,6 +139,12 @@ class Delivery:
             return probe(lo, mid) and probe(mid, hi)
 
         probe(0, len(frames))
+        if len(frames) > 1 and True not in verdicts:
+            # Not one part was accepted: the collection itself is refused (its
+            # header, or a proxy in the way), not some events. Keep them all
+            # pending and back off rather than set the whole queue aside.
+            queue.release(batch)
+            return Settled(), Answer(400) if last.ok else last
         done = queue.settle(batch, verdicts)
         if done.rejected:
             refused = [nr for (nr, _), ok in zip(frames, verdicts, strict=True) if ok is False]

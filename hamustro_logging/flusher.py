@@ -174,9 +174,11 @@ class Flusher:
         return True
 
     def _spool_loop(self) -> None:
+        self.tracker.refresh_ip()  # before the first write: events get the address
         while True:
             self._spool_wake.wait()
             self._spool_wake.clear()
+            self.tracker.refresh_ip()  # outside the spool lock: flush() never waits on DNS
             stored = self.spool()
             if self._stop_spool:
                 return

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
 import weakref
 from typing import Any
 
@@ -205,17 +206,24 @@ class HamustroHandler(logging.Handler):
 
         What is not sent stays on disk and goes out after the next start.
         """
-        if not self._closed:
+        self.acquire()  # no emit() is half-way when _closed flips (reentrant in shutdown)
+        try:
+            if self._closed:
+                super().close()
+                return
             self._closed = True
-            _HANDLERS.discard(self)
-            finished = self._flusher.stop(self.close_timeout)
-            if self._flusher.buffer:
-                self.tracker.stats_counters.drop("closed", len(self._flusher.buffer))
-                self.tracker.reporter.once(
-                    f"{len(self._flusher.buffer)} events could not be written to disk before close"
-                )
-            if finished:
-                self.tracker.close()
+        finally:
+            self.release()
+        _HANDLERS.discard(self)
+        finished = self._flusher.stop(self.close_timeout)
+        if self._flusher.buffer and not self._flusher.spool():
+            # The spool thread ran out of time and the disk still refuses.
+            self.tracker.stats_counters.drop("closed", len(self._flusher.buffer))
+            self.tracker.reporter.once(
+                f"{len(self._flusher.buffer)} events could not be written to disk before close"
+            )
+        if finished:
+            self.tracker.close()
         super().close()
 
     # -- more --------------------------------------------------------------------
@@ -239,6 +247,10 @@ class HamustroHandler(logging.Handler):
         if self._closed:
             return
         _INHERITED.append((self.tracker._queue, self.tracker.transport))
+        # Locks a parent thread may have held at the fork stay held forever in
+        # the child: every lock the child's threads take is made anew.
+        self.tracker.stats_counters._lock = threading.Lock()
+        self.tracker.reporter._lock = threading.Lock()
         # Nothing here may block inside os.fork(): the queue is opened by the
         # child's own spool thread (or first use), not in this hook.
         self.tracker._open(defer=True)

@@ -9,6 +9,7 @@ trigger fires, sends on the caller's thread.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
 import re
 import socket
@@ -146,12 +147,24 @@ class _IpFinder:
         self.ttl = ttl
         self._value: bytes | None = None
         self._at = -ttl
+        try:  # an address needs no DNS: find it now, so the first events carry it
+            ipaddress.ip_address(self.host)
+        except ValueError:
+            if self.host == "localhost":
+                self.get()
+        else:
+            self.get()
 
     def get(self) -> bytes | None:
+        """The address, looked up again (DNS, maybe) when older than ``ttl``."""
         now = time.monotonic()
         if now - self._at >= self.ttl:
             self._value = self._find()
             self._at = now
+        return self._value
+
+    def cached(self) -> bytes | None:
+        """The last address found, without any lookup: for paths that must not block."""
         return self._value
 
     def _find(self) -> bytes | None:
@@ -383,6 +396,7 @@ class ClientTracker:
             time.time(),
             max_event_bytes=self.max_event_bytes,
         )
+        self.refresh_ip()  # this synchronous API may wait; the handler's emit never does
         done = self.store([record])
         self.send_if_due()
         if not done.stored:
@@ -397,7 +411,9 @@ class ClientTracker:
         Events that do not fit in a full queue are counted as dropped
         (``queue_full``) and reported once per streak.
         """
-        default_ip = self._ip.get() if self._ip is not None else None
+        # Never a lookup here: store() runs under emit() (durable mode) and
+        # under flush(); refresh_ip() runs where a DNS wait hurts no one.
+        default_ip = self._ip.cached() if self._ip is not None else None
         with self._store_lock:
             queue = self.queue
             done = queue.append(self.session, self._hid, events, default_ip)
@@ -412,6 +428,11 @@ class ClientTracker:
         else:
             self.reporter.recovered("queue_full", "the queue has room again")
         return done
+
+    def refresh_ip(self) -> None:
+        """Look the host's address up again if the cached one is old (may do DNS)."""
+        if self._ip is not None:
+            self._ip.get()
 
     def is_due(self) -> bool:
         """The spec's triggers: enough unsent events, or the last sync is too old."""

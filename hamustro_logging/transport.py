@@ -118,6 +118,8 @@ class Transport:
             response = self._session.send(request, timeout=timeout, **self._send_options)
         except requests.RequestException as exc:
             return _failure(exc, timeout[1])
+        except Exception as exc:  # e.g. a CA bundle path that does not exist (OSError)
+            return Answer(None, f"request failed ({type(exc).__name__}: {_short(exc)})", sent=False)
         response.close()
         return Answer(response.status_code, None, _retry_after(response.headers.get("Retry-After")))
 
@@ -157,3 +159,8 @@ def _chain(exc: BaseException) -> list[BaseException]:
             inner = seen[-1].args[0]
             current = inner if isinstance(inner, BaseException) else None
     return seen
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return text[:200]

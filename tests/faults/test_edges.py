@@ -1,0 +1,79 @@
+"""Edge cases found in review: a refused header, a missing CA bundle, DNS off the emit path."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+from pathlib import Path
+from typing import Any
+
+import diskcache
+import pytest
+
+from hamustro_logging import ClientTracker, HamustroHandler
+from hamustro_logging.collector import DevCollector
+from hamustro_logging.queue import SafeDisk
+from hamustro_logging.wire import collection_header
+
+from ..support import tracker_config
+
+
+def test_a_refused_header_keeps_every_event_pending(
+    tmp_path: Path, collector: DevCollector
+) -> None:
+    """When no part of a batch is accepted, the collection itself is at fault, not events."""
+    with ClientTracker(**tracker_config(collector, tmp_path, queue_size=10**6)) as t:
+        for _ in range(6):
+            t.track_event("e")
+        cache = diskcache.Cache(str(tmp_path), disk=SafeDisk)
+        (key,) = [k for k in cache.iterkeys() if k.startswith("h/")]
+        bad = collection_header(t.device_id, "client-1", "0" * 32, "OS X 10.11", "1.0.0")
+        cache.set(key, bad)  # the session no longer matches: the collector answers 400
+        cache.close()
+        assert t.flush() is False
+        stats = t.stats()
+        assert (stats["pending"], stats["rejected_in_queue"]) == (6, 0)
+        assert "400" in (stats["last_error"] or "")
+    assert collector.answered()[400] >= 2 and collector.events() == []
+
+
+def test_a_missing_ca_bundle_is_a_failed_send_not_an_exception(tmp_path: Path) -> None:
+    config = tracker_config(
+        "https://127.0.0.1:9", tmp_path, queue_size=1, verify=str(tmp_path / "missing-ca.pem")
+    )
+    with ClientTracker(**config) as t:
+        assert t.track_event("e") == 1  # the send inside failed; nothing raised
+        assert t.flush() is False
+        stats = t.stats()
+        assert stats["pending"] == 1 and "OSError" in (stats["last_error"] or "")
+
+
+def test_emit_never_looks_up_dns(
+    tmp_path: Path, collector: DevCollector, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DNS is a boundary: record who calls getaddrinfo, and when."""
+    lookups: list[str] = []
+    real = socket.getaddrinfo
+
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        lookups.append(threading.current_thread().name)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", recording)
+    handler = HamustroHandler(**tracker_config(collector, tmp_path, durable=True))
+    log = logging.getLogger("tests.edges.dns")
+    log.propagate = False
+    log.setLevel(logging.INFO)
+    log.addHandler(handler)
+    try:
+        handler.tracker._ip._at = -1e9  # type: ignore[union-attr]  # the cached address is stale
+        lookups.clear()  # the constructor resolved the IP literal (no DNS for a literal)
+        log.info("e", extra={"event": "e"})
+        assert "MainThread" not in lookups  # a durable emit wrote without a lookup
+        assert handler.flush(timeout=10)
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+    (event,) = collector.wait_for(1)
+    assert event["ip"] == "127.0.0.1"  # an IP-literal collector: found at construction
