@@ -171,6 +171,6 @@ class Delivery:
         self.stats.failed(message)
         self.reporter.problem(
             "send",
-            f"cannot deliver to {self.transport.url}: {message}",
+            f"cannot deliver to {self.transport.shown_url}: {message}",
             f"; {batch.count} events kept on disk, next try in {delay:.0f} s",
         )

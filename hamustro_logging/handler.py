@@ -259,7 +259,7 @@ class HamustroHandler(logging.Handler):
 
     def __repr__(self) -> str:
         level = logging.getLevelName(self.level)
-        return f"<{type(self).__name__} {self.tracker.transport.url} ({level})>"
+        return f"<{type(self).__name__} {self.tracker.transport.shown_url} ({level})>"
 
 
 #: Connections a forked child inherited: kept referenced so they are never

@@ -346,7 +346,7 @@ class ClientTracker:
 
     def __repr__(self) -> str:  # never the secret
         return (
-            f"ClientTracker({self.transport.url!r}, client_id={self.client_id!r}, "
+            f"ClientTracker({self.transport.shown_url!r}, client_id={self.client_id!r}, "
             f"session={self.session!r}, queue_dir={str(self.queue_dir)!r})"
         )
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
 
 import requests
 
@@ -82,6 +83,8 @@ class Transport:
         verify: bool | str = True,
     ) -> None:
         self.url = track_url(collector_url)
+        #: The URL for messages: without a ``user:password@`` part.
+        self.shown_url = _without_userinfo(self.url)
         self._secret = shared_secret_key
         self.timeout = timeout
         self.verify = verify
@@ -93,7 +96,7 @@ class Transport:
         )
 
     def __repr__(self) -> str:  # never the secret
-        return f"Transport({self.url!r})"
+        return f"Transport({self.shown_url!r})"
 
     def post(self, body: bytes, deadline: float | None = None) -> Answer:
         """Send one collection; never raises for network trouble.
@@ -159,6 +162,17 @@ def _chain(exc: BaseException) -> list[BaseException]:
             inner = seen[-1].args[0]
             current = inner if isinstance(inner, BaseException) else None
     return seen
+
+
+def _without_userinfo(url: str) -> str:
+    """
+    >>> _without_userinfo("https://user:pw@host:8443/api/v1/track")
+    'https://***@host:8443/api/v1/track'
+    """
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]))
 
 
 def _short(exc: BaseException) -> str:

@@ -77,3 +77,16 @@ def test_emit_never_looks_up_dns(
         handler.close()
     (event,) = collector.wait_for(1)
     assert event["ip"] == "127.0.0.1"  # an IP-literal collector: found at construction
+
+
+def test_a_password_in_the_collector_url_is_never_shown(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    url = "http://user:url-password@127.0.0.1:9"
+    with ClientTracker(**tracker_config(url, tmp_path, queue_size=1)) as t:
+        t.track_event("e")
+        assert "url-password" not in repr(t) and "url-password" not in repr(t.transport)
+        assert "url-password" not in (t.stats()["last_error"] or "")
+    err = capfd.readouterr().err
+    assert "cannot deliver to http://***@127.0.0.1:9/api/v1/track" in err
+    assert "url-password" not in err
