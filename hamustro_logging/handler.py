@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import os
 import sys
-import threading
 import weakref
 from typing import Any
 
@@ -249,8 +248,8 @@ class HamustroHandler(logging.Handler):
         _INHERITED.append((self.tracker._queue, self.tracker.transport))
         # Locks a parent thread may have held at the fork stay held forever in
         # the child: every lock the child's threads take is made anew.
-        self.tracker.stats_counters._lock = threading.Lock()
-        self.tracker.reporter._lock = threading.Lock()
+        self.tracker.stats_counters.reset_lock()
+        self.tracker.reporter.reset_lock()
         # Nothing here may block inside os.fork(): the queue is opened by the
         # child's own spool thread (or first use), not in this hook.
         self.tracker._open(defer=True)

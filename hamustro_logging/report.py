@@ -49,6 +49,10 @@ class Reporter:
         self.burst, self.window = 20, 10.0
         self._window_start, self._said, self._held_back = -self.window, 0, 0
 
+    def reset_lock(self) -> None:
+        """In a forked child: a lock a parent thread held at the fork stays held."""
+        self._lock = threading.Lock()
+
     def _say(self, line: str) -> None:
         for secret in self._secrets:
             line = line.replace(secret, "***")

@@ -25,6 +25,10 @@ class Stats:
         self.dropped: dict[str, int] = {}
         self.last_error: str | None = None
 
+    def reset_lock(self) -> None:
+        """In a forked child: a lock a parent thread held at the fork stays held."""
+        self._lock = threading.Lock()
+
     def add(self, name: str, n: int = 1) -> None:
         with self._lock:
             setattr(self, name, getattr(self, name) + n)
