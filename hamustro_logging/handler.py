@@ -9,13 +9,17 @@ so the handler can sit on the root logger of an existing application.
 from __future__ import annotations
 
 import logging
+import multiprocessing.util
 import os
 import sys
+import time
 import weakref
 from typing import Any
 
+import diskcache
+
 from .config import Spec, resolve
-from .flusher import Flusher
+from .flusher import ON_FULL, Flusher
 from .mapping import EventError, map_record
 from .tracker import TRACKER_OPTIONS, ClientTracker
 from .wire import Event
@@ -28,7 +32,12 @@ HANDLER_OPTIONS: dict[str, Spec] = {
     "is_testing": ("bool", False),
     "durable": ("bool", False),
     "close_timeout": (float, 5.0),
-    "max_buffer": (int, 100_000),
+    # The crash window: events in memory not yet on disk. A writer that keeps
+    # up with the disk never needs more; a faster one waits (on_full).
+    "max_buffer": (int, 2_000),
+    "on_full": (str, "wait"),
+    "full_timeout": (float, 5.0),
+    "durable_timeout": (float, 0.5),
     "event_key": (str, "event"),
 }
 
@@ -50,6 +59,35 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+#: Exit priority of the finalizer that writes a multiprocessing child's buffer:
+#: below every other (multiprocessing's own use -5 to 15), so events logged
+#: by other finalizers are written too.
+_CHILD_EXIT_PRIORITY = -100
+
+
+def _in_multiprocessing_child(handler: HamustroHandler) -> None:
+    """In a child started by ``multiprocessing``: write the buffer before the child ends.
+
+    ``multiprocessing`` ends a forked child with ``os._exit``, so
+    ``logging.shutdown()`` never runs there; it runs its finalizers first
+    (``util._exit_function``). This after-fork hook runs after it cleared
+    the registry it inherited, so the finalizer registered here is the
+    child's own.
+    """
+    multiprocessing.util.Finalize(
+        None,
+        _write_before_child_exit,
+        args=(weakref.ref(handler),),
+        exitpriority=_CHILD_EXIT_PRIORITY,
+    )
+
+
+def _write_before_child_exit(ref: weakref.ref[HamustroHandler]) -> None:
+    handler = ref()
+    if handler is not None:
+        handler._write_before_exit()
+
+
 class HamustroHandler(logging.Handler):
     """Send records that carry an ``event`` attribute to a Hamustro collector.
 
@@ -66,9 +104,27 @@ class HamustroHandler(logging.Handler):
     * ``event_key`` ("event"): the record attribute that holds the event
       name (structlog's standard-library integration already uses ``event``
       for the message, so there it is another key, e.g. ``track``);
-    * ``max_buffer`` (100,000): events buffered in memory at most while the
-      disk cannot keep up or cannot be written; beyond it new events are
-      dropped, counted and reported.
+    * ``max_buffer`` (2,000): events buffered in memory at most, waiting for
+      the spool thread to write them (about 30 ms of writing at full speed).
+      With the chunk being written (``max_batch_events``), that bounds what
+      a crash can lose;
+    * ``on_full`` ("wait"): what ``emit`` does when the buffer is full.
+      "wait": wait for room, at most ``full_timeout`` seconds (5 s), so a
+      producer faster than the disk runs at the disk's pace and loses
+      nothing; it never waits while the queue cannot be written, nor again
+      after a wait timed out until the spool thread makes progress, nor on
+      the handler's own threads. "drop": never wait. Dropped events are
+      counted in ``stats()["dropped"]`` (``storage``, ``buffer_full``) and
+      reported on stderr with their cause, once per streak;
+    * ``durable_timeout`` (0.5 s): with ``durable=True``, how long ``emit``
+      waits for the queue's write lock when another process holds it;
+      after that the event goes to the buffer (written by the spool thread
+      later) and stderr says why.
+
+    In a child process started by ``multiprocessing``, which ends without
+    ``logging.shutdown()``, the buffer is written to disk (within
+    ``close_timeout``) before the child ends, if it ends normally; a child
+    killed by a signal (``Pool.terminate()``) loses what it had not written.
 
     >>> import logging, tempfile
     >>> handler = HamustroHandler(
@@ -105,6 +161,9 @@ class HamustroHandler(logging.Handler):
         durable: bool | None = None,
         close_timeout: float | None = None,
         max_buffer: int | None = None,
+        on_full: str | None = None,
+        full_timeout: float | None = None,
+        durable_timeout: float | None = None,
         event_key: str | None = None,
         **tracker_options: Any,
     ) -> None:
@@ -115,13 +174,13 @@ class HamustroHandler(logging.Handler):
         for name in ("is_testing", "durable"):
             if not isinstance(o[name], bool):
                 raise TypeError(f"{name} must be bool, got {type(o[name]).__name__}")
-        close_timeout, max_buffer = o["close_timeout"], o["max_buffer"]
-        if (
-            isinstance(close_timeout, bool)
-            or not isinstance(close_timeout, (int, float))
-            or not close_timeout >= 0
-        ):
-            raise ValueError(f"close_timeout must be seconds >= 0, got {close_timeout!r}")
+        max_buffer = o["max_buffer"]
+        for name in ("close_timeout", "full_timeout", "durable_timeout"):
+            value = o[name]
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+                raise ValueError(f"{name} must be seconds >= 0, got {value!r}")
+        if o["on_full"] not in ON_FULL:
+            raise ValueError(f"on_full must be 'wait' or 'drop', got {o['on_full']!r}")
         if isinstance(max_buffer, bool) or not isinstance(max_buffer, int) or max_buffer < 1:
             raise ValueError(f"max_buffer must be an int >= 1, got {max_buffer!r}")
         if not isinstance(o["event_key"], str) or not o["event_key"]:
@@ -139,14 +198,26 @@ class HamustroHandler(logging.Handler):
         super().__init__(level)
         self.is_testing: bool = o["is_testing"]
         self.durable: bool = o["durable"]
-        self.close_timeout = float(close_timeout)
+        self.close_timeout = float(o["close_timeout"])
         self.max_buffer = max_buffer
+        self.on_full: str = o["on_full"]
+        self.full_timeout = float(o["full_timeout"])
+        self.durable_timeout = float(o["durable_timeout"])
         self.max_event_bytes = self.tracker.max_event_bytes
         self.event_key: str = o["event_key"]
         self._closed = False
-        self._flusher = Flusher(self.tracker, max_buffer, name=f"hamustro-{id(self):x}")
-        self._flusher.start()
+        self._direct = False  # a multiprocessing child about to end: emit writes itself
+        self._flusher = self._new_flusher()
         _HANDLERS.add(self)
+        multiprocessing.util.register_after_fork(self, _in_multiprocessing_child)
+
+    def _new_flusher(self) -> Flusher:
+        flusher = Flusher(
+            self.tracker, self.max_buffer, name=f"hamustro-{id(self):x}",
+            on_full=self.on_full, full_timeout=self.full_timeout,
+        )  # fmt: skip
+        flusher.start()
+        return flusher
 
     # -- the stdlib handler contract --------------------------------------------
 
@@ -163,19 +234,47 @@ class HamustroHandler(logging.Handler):
         return map_record(record, self.is_testing, self.max_event_bytes, self.event_key)
 
     def emit(self, record: logging.LogRecord) -> None:
-        """Map the record and hand it to the spool thread; never raises, never does network I/O."""
+        """Map the record and hand it to the spool thread; never raises, never does network I/O.
+
+        Waits only when the buffer is full (``on_full``), or with
+        ``durable=True`` for the write (at most ``durable_timeout`` for
+        another process's lock).
+        """
         try:
             if str(record.name).partition(".")[0] in _NEVER_FROM:
                 return
             event = self.map_record(record)
             if event is None:
                 return
-            if self.durable or self._closed:  # after close(): no threads, store directly
-                self._flusher.store_now(event)
+            if self._closed:  # after close(): no threads, store directly
+                self._flusher.store_now(event, self.durable_timeout)
+            elif self.durable or self._direct:
+                self._store_now(event)
             else:
                 self._flusher.put(event)
         except Exception:
             self.handleError(record)
+
+    def _store_now(self, event: Event) -> None:
+        """Write on the caller's thread; if the queue cannot take it now, buffer it."""
+        try:
+            self._flusher.store_now(event, self.durable_timeout)
+        except Exception as exc:
+            if isinstance(exc, diskcache.Timeout):  # queue.QueueBusy is one
+                cause = (
+                    f"another process held the queue database's write lock for "
+                    f"durable_timeout={self.durable_timeout:g} s"
+                )
+            else:
+                cause = f"{type(exc).__name__}: {exc}"
+            self.tracker.reporter.problem(
+                "durable",
+                f"could not write events to the queue in {self.tracker.queue_dir} on the "
+                f"logging thread ({cause}); they wait in memory for the spool thread",
+            )
+            self._flusher.put(event, wait=False)
+        else:
+            self.tracker.reporter.recovered("durable", "events are written on emit again")
 
     def handleError(self, record: logging.LogRecord) -> None:
         """Say in one line on stderr why a record was not queued, and count it.
@@ -191,10 +290,13 @@ class HamustroHandler(logging.Handler):
 
     # The stdlib's flush returns None; this one says whether everything was sent.
     def flush(self, timeout: float | None = None) -> bool:  # type: ignore[override]
-        """Send everything now; True if nothing is left unsent.
+        """Write the buffer and send everything now.
 
-        Waits at most ``timeout`` seconds (``close_timeout`` when None, so
-        ``logging.shutdown()`` cannot hang on a dead collector).
+        True if every event this handler stored before the call is
+        delivered; events of other processes sharing the folder do not
+        count (they are theirs to send). Waits at most ``timeout`` seconds
+        (``close_timeout`` when None, so ``logging.shutdown()`` cannot hang
+        on a dead collector or a locked database).
         """
         if self._closed:
             return False
@@ -204,6 +306,10 @@ class HamustroHandler(logging.Handler):
         """Stop the threads after one last attempt of at most ``close_timeout`` seconds.
 
         What is not sent stays on disk and goes out after the next start.
+        Never takes longer than ``close_timeout``: a request still in flight
+        then gives its batch back (it is sent again later), and events the
+        spool thread could not write by then are counted (``closed``) and
+        reported.
         """
         self.acquire()  # no emit() is half-way when _closed flips (reentrant in shutdown)
         try:
@@ -215,15 +321,38 @@ class HamustroHandler(logging.Handler):
             self.release()
         _HANDLERS.discard(self)
         finished = self._flusher.stop(self.close_timeout)
-        if self._flusher.buffer and not self._flusher.spool():
-            # The spool thread ran out of time and the disk still refuses.
-            self.tracker.stats_counters.drop("closed", len(self._flusher.buffer))
-            self.tracker.reporter.once(
-                f"{len(self._flusher.buffer)} events could not be written to disk before close"
-            )
+        self._count_unwritten("closed", "before close")
         if finished:
             self.tracker.close()
         super().close()
+
+    def _write_before_exit(self) -> None:
+        """The process ends without ``logging.shutdown()``: write the buffer to disk now.
+
+        Bounded by ``close_timeout``; nothing is sent (the parent, or the
+        next start, sends it). From here on ``emit`` writes on the caller's
+        thread, as the process may end at any moment.
+        """
+        self.acquire()  # no emit() is half-way when _direct flips
+        try:
+            if self._closed or self._direct:
+                return
+            self._direct = True
+        finally:
+            self.release()
+        self._flusher.write_buffer(time.monotonic() + self.close_timeout)
+        self._count_unwritten("exit", "before this process exited")
+
+    def _count_unwritten(self, reason: str, when: str) -> None:
+        """Count and report the events left in memory (the spool thread ran out of time)."""
+        left = len(self._flusher.buffer)
+        if left:
+            self.tracker.stats_counters.drop(reason, left)
+            self.tracker.reporter.once(
+                f"{left} events could not be written to the queue in {self.tracker.queue_dir} "
+                f"within close_timeout={self.close_timeout:g} s {when} "
+                f"({self._flusher.why_unwritten()}); they are lost"
+            )
 
     # -- more --------------------------------------------------------------------
 
@@ -253,8 +382,7 @@ class HamustroHandler(logging.Handler):
         # Nothing here may block inside os.fork(): the queue is opened by the
         # child's own spool thread (or first use), not in this hook.
         self.tracker._open(defer=True)
-        self._flusher = Flusher(self.tracker, self.max_buffer, name=f"hamustro-{id(self):x}")
-        self._flusher.start()
+        self._flusher = self._new_flusher()
 
     def __repr__(self) -> str:
         level = logging.getLevelName(self.level)
