@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import os
 import threading
 import time
@@ -197,15 +198,32 @@ class SessionInfo:
 _fork_gate = threading.RLock()
 
 
+def _before_fork() -> None:
+    # logging's module lock first, then the gate: the order a thread in
+    # logging.config.dictConfig takes them (it holds logging's lock while it
+    # builds or closes a handler, which uses the queue). logging's own
+    # before-fork hook, registered earlier (logging is imported above) and so
+    # run after this one, takes its RLock again.
+    logging._lock.acquire()  # type: ignore[attr-defined]  # private, the same in 3.10-3.13
+    _fork_gate.acquire()
+
+
+def _after_fork_in_parent() -> None:
+    _fork_gate.release()
+    logging._lock.release()  # type: ignore[attr-defined]
+
+
 def _reset_gate_in_child() -> None:
+    # logging's lock needs nothing here: its own after-fork hook, run before
+    # this one, makes it anew in the child.
     global _fork_gate
     _fork_gate = threading.RLock()
 
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(
-        before=lambda: _fork_gate.acquire(),
-        after_in_parent=lambda: _fork_gate.release(),
+        before=_before_fork,
+        after_in_parent=_after_fork_in_parent,
         after_in_child=_reset_gate_in_child,
     )
 
