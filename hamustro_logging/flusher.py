@@ -40,6 +40,8 @@ import time
 from collections import deque
 from collections.abc import Sequence
 
+import diskcache
+
 from .queue import Appended
 from .tracker import ClientTracker
 from .wire import Event
@@ -57,6 +59,13 @@ _MAX_IDLE = 30.0
 _BUSY_POLL = 0.5
 #: Pause after the queue could not be written, before the spool tries again.
 _STORAGE_RETRY = 1.0
+#: The spool thread's wait for another process's write lock, per attempt: it
+#: holds the process's fork gate meanwhile, so it gives up soon and tries again.
+_SPOOL_BUSY = 1.0
+#: Pause after another process held the write lock, before the spool tries again.
+_BUSY_RETRY = 0.05
+#: Of stop()'s time, what is kept to give back the leases of a request in flight.
+_GIVE_BACK_TIME = 0.25
 #: The nr ranges this handler stored and does not yet know delivered are kept
 #: for ``flush()``'s answer; past this many, neighbours are merged (the answer
 #: may then be False for another process's events in between, never wrongly True).
@@ -101,6 +110,8 @@ class Flusher:
         self._stalled_at: int | None = None  # _taken when a wait for room last timed out
         self._dropping = False  # a streak of dropped events is being reported
         self._storage_error: str | None = None  # why the spool's last write failed
+        self._busy = False  # the spool's last write found another process's write lock
+        self._writing = 0  # events taken from the buffer and being written now
         self._cond = threading.Condition()  # guards the flush counters below
         self._spool_requested = 0
         self._spool_done = 0
@@ -177,8 +188,12 @@ class Flusher:
                     f"waited {self.full_timeout:g} s for room among {self.max_buffer} events "
                     "buffered in memory: "
                     + (
-                        "the spool thread wrote nothing in that time (is another process "
-                        "holding the queue database's write lock, or is the disk stalled?)"
+                        "the spool thread wrote nothing in that time ("
+                        + (
+                            "another process holds the queue database's write lock)"
+                            if self._busy
+                            else "is the disk stalled?)"
+                        )
                         if self._taken == taken
                         else "the application logs faster than the disk takes events"
                     ),
@@ -356,15 +371,36 @@ class Flusher:
             self._final_deadline = deadline
         self._send_wake.set()
         if send is not None:
-            send.join(max(0.0, deadline - time.monotonic()))
+            send.join(max(0.0, deadline - _GIVE_BACK_TIME - time.monotonic()))
             if send.is_alive():
-                give_back = getattr(self.tracker.delivery, "give_back", None)
-                if give_back is not None:
-                    try:
-                        give_back()
-                    except Exception as exc:  # the database is locked or gone: leases expire
-                        self.tracker.reporter.once(f"could not give leases back: {exc!r}")
+                self._give_back(deadline)
         return not any(thread.is_alive() for thread in self._threads)
+
+    def _give_back(self, deadline: float) -> None:
+        """The send thread is still in a request: release its leases, within ``deadline``.
+
+        On a thread of its own, waited for until ``deadline`` at most: it
+        needs the database, which another process may hold. If it does not
+        finish, the leases expire by themselves.
+        """
+        give_back = getattr(self.tracker.delivery, "give_back", None)
+        if give_back is None:  # a Delivery without it: the leases expire by themselves
+            return
+        reporter = self.tracker.reporter
+
+        def run() -> None:
+            try:
+                give_back()
+            except Exception as exc:  # the database is locked or gone: leases expire
+                reporter.once(f"could not give back the batch being sent: {exc!r}")
+
+        thread = threading.Thread(target=run, name=f"{self.name}-give-back", daemon=True)
+        thread.start()
+        thread.join(max(0.0, deadline - time.monotonic()))
+
+    def unwritten(self) -> int:
+        """Events in memory, not on disk: the buffer and the chunk being written."""
+        return len(self.buffer) + self._writing
 
     def why_unwritten(self) -> str:
         """Why events are still in memory after a deadline: for the report."""
@@ -392,22 +428,35 @@ class Flusher:
             return False
         try:
             while buffer:
-                busy_timeout = None
+                busy_timeout = _SPOOL_BUSY
                 if deadline is not None:
-                    busy_timeout = deadline - time.monotonic()
+                    busy_timeout = min(busy_timeout, deadline - time.monotonic())
                     if busy_timeout <= 0:
                         return False
                 # One chunk per write: short transactions leave the database to
                 # the send thread between them.
                 take = min(len(buffer), self.tracker.max_batch_events)
                 items = [buffer.popleft() for _ in range(take)]
+                self._writing = take
                 with self._room:  # room for producers while this chunk is written
                     self._taken += 1
                     self._room.notify_all()
                 try:
-                    done = self._store(items, busy_timeout)
-                except Exception as exc:
+                    try:
+                        done = self._store(items, busy_timeout)
+                    finally:
+                        self._writing = 0
+                except diskcache.Timeout:  # queue.QueueBusy is one: not a storage fault
                     buffer.extendleft(reversed(items))  # keep them, in order, for the next try
+                    self._busy = True
+                    self.tracker.reporter.problem(
+                        "store",
+                        f"another process holds the write lock of the queue database in "
+                        f"{self.tracker.queue_dir}; events wait in memory",
+                    )
+                    return False
+                except Exception as exc:
+                    buffer.extendleft(reversed(items))
                     self._storage_error = repr(exc)
                     with self._room:
                         self._room.notify_all()  # waiting producers: drop, do not wait
@@ -415,8 +464,8 @@ class Flusher:
                         "store", f"cannot write the queue in {self.tracker.queue_dir}: {exc!r}"
                     )
                     return False
-                if self._storage_error is not None:
-                    self._storage_error = None
+                if self._storage_error is not None or self._busy:
+                    self._storage_error, self._busy = None, False
                     self.tracker.reporter.recovered("store", "the queue is writable again")
                 self._note(done)
         finally:
@@ -442,8 +491,8 @@ class Flusher:
                 self._cond.notify_all()
             if self._stop_spool:
                 return
-            if not stored:
-                self._spool_wake.wait(_STORAGE_RETRY)  # a flush() or stop() cuts it short
+            if not stored:  # a flush() or stop() cuts the pause short
+                self._spool_wake.wait(_BUSY_RETRY if self._busy else _STORAGE_RETRY)
                 self._spool_wake.set()
 
     # -- the send thread -------------------------------------------------------

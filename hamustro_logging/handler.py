@@ -345,13 +345,14 @@ class HamustroHandler(logging.Handler):
 
     def _count_unwritten(self, reason: str, when: str) -> None:
         """Count and report the events left in memory (the spool thread ran out of time)."""
-        left = len(self._flusher.buffer)
+        left = self._flusher.unwritten()
         if left:
             self.tracker.stats_counters.drop(reason, left)
             self.tracker.reporter.once(
                 f"{left} events could not be written to the queue in {self.tracker.queue_dir} "
                 f"within close_timeout={self.close_timeout:g} s {when} "
-                f"({self._flusher.why_unwritten()}); they are lost"
+                f"({self._flusher.why_unwritten()}); they are lost if the process ends "
+                "before the spool thread writes them"
             )
 
     # -- more --------------------------------------------------------------------

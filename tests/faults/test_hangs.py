@@ -1,0 +1,230 @@
+"""Nothing the handler does may hang the application or outlast its bounds.
+
+Real processes throughout: a second process holding SQLite's write lock
+(``BEGIN IMMEDIATE`` on the folder's ``cache.db``), a collector that never
+answers, a real ``os.fork()`` racing ``logging.config.dictConfig``. Scripts
+that could hang run in a subprocess of their own with a timeout, so a
+deadlock fails the test instead of hanging it. Bounds are asserted with a
+generous margin: the point is "bounded", not a timing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hamustro_logging import HamustroHandler
+from hamustro_logging.collector import DevCollector
+
+from ..support import FAST, IDENTITY, dead_url, pending_in
+
+LOCKER = """
+import sqlite3, sys
+con = sqlite3.connect(sys.argv[1], isolation_level=None)
+con.execute("BEGIN IMMEDIATE")  # SQLite's write lock, held until stdin closes
+print("locked", flush=True)
+sys.stdin.read()
+"""
+
+
+@contextlib.contextmanager
+def write_lock_held(queue_dir: Path) -> Iterator[None]:
+    """Another process holds the write lock of the folder's database meanwhile."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", LOCKER, str(queue_dir / "cache.db")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "locked"
+        yield
+    finally:
+        proc.communicate(timeout=10)
+
+
+def options(url: str, secret: str, queue_dir: Path, **more: Any) -> dict[str, Any]:
+    return {
+        **IDENTITY,
+        "collector_url": url,
+        "shared_secret_key": secret,
+        "queue_dir": str(queue_dir),
+        **FAST,
+        **more,
+    }
+
+
+def run_script(tmp_path: Path, body: str, config: dict[str, Any], timeout: float) -> str:
+    """Run ``body`` with this interpreter (argv[1]: JSON); its stdout. Fails on timeout."""
+    path = tmp_path / "script.py"
+    path.write_text(body)
+    proc = subprocess.Popen(
+        [sys.executable, str(path), json.dumps(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+        start_new_session=True,  # its own process group: forked children die with it
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"the script did not finish within {timeout} s (a deadlock?)")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+    assert proc.returncode == 0, err
+    return out
+
+
+# -- os.fork() while another thread runs dictConfig --------------------------------
+
+FORK_VS_DICTCONFIG = """
+import json, logging, logging.config, os, sys, threading
+
+cfg = json.loads(sys.argv[1])
+config = {
+    "version": 1,
+    "handlers": {"hamustro": {"class": "hamustro_logging.HamustroHandler", **cfg["handler"]}},
+    "loggers": {"app": {"handlers": ["hamustro"], "level": "INFO"}},
+}
+stop = threading.Event()
+
+
+def configure():
+    while not stop.is_set():  # each call closes the last handler and builds a new one
+        logging.config.dictConfig(config)
+        logging.getLogger("app").info("e", extra={"event": "e"})
+
+
+thread = threading.Thread(target=configure, daemon=True)
+thread.start()
+for _ in range(cfg["forks"]):
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    os.waitpid(pid, 0)
+stop.set()
+thread.join()
+print("done")
+"""
+
+
+def test_fork_while_dictconfig_runs_does_not_deadlock(secret: str, tmp_path: Path) -> None:
+    config = {
+        "handler": options(dead_url(), secret, tmp_path / "q", close_timeout=0.2),
+        "forks": 50,
+    }
+    out = run_script(tmp_path, FORK_VS_DICTCONFIG, config, timeout=60)
+    assert out.strip() == "done"
+
+
+# -- durable emit while another process holds the write lock -----------------------
+
+
+def test_durable_emit_waits_a_bounded_time_then_buffers(
+    collector: DevCollector, secret: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    queue_dir = tmp_path / "q"
+    handler = HamustroHandler(
+        **options(collector.url, secret, queue_dir, durable=True, durable_timeout=0.3)
+    )
+    log = logging.getLogger("hangs.durable")
+    log.addHandler(handler)
+    log.propagate = False
+    log.setLevel(logging.INFO)
+    try:
+        log.info("e", extra={"event": "before"})  # the database exists, on disk
+        with write_lock_held(queue_dir):
+            started = time.monotonic()
+            for i in range(5):
+                log.info("e", extra={"event": "locked", "params": {"i": i}})
+            took = time.monotonic() - started
+            assert handler.stats()["dropped"] == {}
+        assert took < 5, f"5 durable emits took {took:.1f} s against a held write lock"
+        assert handler.flush(timeout=10) is True  # the buffered ones were written, then sent
+        events = collector.wait_for(6)
+        assert sorted(e["event"] for e in events) == ["before"] + ["locked"] * 5
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+    err = capsys.readouterr().err
+    assert "write lock" in err
+    assert "durable_timeout=0.3" in err
+
+
+# -- logging.shutdown() with a hung collector and a locked database ----------------
+
+SHUTDOWN = """
+import json, logging, sys, time
+from hamustro_logging import HamustroHandler
+
+cfg = json.loads(sys.argv[1])
+handler = HamustroHandler(**cfg["handler"])
+log = logging.getLogger("app")
+log.addHandler(handler)
+log.setLevel(logging.INFO)
+log.propagate = False
+log.info("e", extra={"event": "first"})  # queue_size=1: sent at once, to a collector that hangs
+queue = handler.tracker.queue
+deadline = time.monotonic() + 10
+while not any(s.leased for s in queue.sessions()):  # its POST is in flight
+    assert time.monotonic() < deadline, "the first event was never sent"
+    time.sleep(0.01)
+print("posting", flush=True)
+sys.stdin.readline()  # the test now holds the database's write lock
+for i in range(100):
+    log.info("e", extra={"event": "later", "params": {"i": i}})
+started = time.monotonic()
+logging.shutdown()
+print(json.dumps({"shutdown": time.monotonic() - started}), flush=True)
+"""
+
+
+def test_logging_shutdown_stays_within_its_bound(
+    collector: DevCollector, secret: str, tmp_path: Path
+) -> None:
+    collector.hang_next(100, seconds=60)
+    queue_dir = tmp_path / "q"
+    # The default request timeout (3.05, 10): only close_timeout bounds the exit.
+    config = options(collector.url, secret, queue_dir, queue_size=1, close_timeout=1)
+    path = tmp_path / "shutdown.py"
+    path.write_text(SHUTDOWN)
+    proc = subprocess.Popen(
+        [sys.executable, str(path), json.dumps({"handler": config})],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert proc.stdin is not None and proc.stdout is not None
+        assert proc.stdout.readline().strip() == "posting"
+        with write_lock_held(queue_dir):
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+            out, err = proc.communicate(timeout=60)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+    assert proc.returncode == 0, err
+    took = json.loads(out)["shutdown"]
+    # flush() and close() are bounded by close_timeout each: 2 s, and 1 s of margin.
+    assert took < 3, f"logging.shutdown() took {took:.1f} s"
+    assert "100 events could not be written" in err, (out, err)  # said, never silent
+    assert pending_in(queue_dir) == 1  # the event in flight stays, for the next start
