@@ -7,6 +7,7 @@ by ``attach``.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import logging.config
@@ -684,3 +685,92 @@ def test_two_handlers_each_own_threads_and_queue(
     log_b.info("b", extra={"event": "from-b-again"})
     assert second.flush() is True
     assert collector.wait_for(3)[-1]["event"] == "from-b-again"
+
+
+# -- 14. a producer faster than the disk (on_full) --------------------------------
+
+
+def test_on_full_must_be_wait_or_drop(
+    make_handler: MakeHandler, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with pytest.raises(ValueError, match="on_full must be 'wait' or 'drop', got 'block'"):
+        make_handler(dead_url(), on_full="block")
+    monkeypatch.setenv("HAMUSTRO_ON_FULL", "later")
+    with pytest.raises(ValueError, match="on_full must be 'wait' or 'drop', got 'later'"):
+        make_handler(dead_url())
+    monkeypatch.setenv("HAMUSTRO_ON_FULL", "drop")
+    assert make_handler(dead_url()).on_full == "drop"
+
+
+def test_producer_faster_than_the_disk_waits_and_loses_nothing(
+    collector: DevCollector, make_handler: MakeHandler, attach: Attach
+) -> None:
+    # A buffer of 50 fills at once: every emit past it waits for the spool thread.
+    handler = make_handler(collector.url, max_buffer=50, **NEVER_DUE)
+    log = attach("fast.app", handler)
+    n = 20_000
+    for i in range(n):
+        log.info("e", extra={"event": "fast", "params": {"i": i}})
+    assert handler.stats()["dropped"] == {}
+    assert handler.flush(timeout=60) is True
+    events = collector.wait_for(n, timeout=30)
+    assert sorted(json.loads(e["parameters"])["i"] for e in events) == list(range(n))
+
+
+# -- 15. flush() answers for this handler's events ---------------------------------
+
+HOLD_A_BATCH = """
+import json, logging, sys, time
+from hamustro_logging import HamustroHandler
+
+handler = HamustroHandler(**json.loads(sys.argv[1]))
+log = logging.getLogger("other")
+log.addHandler(handler)
+log.propagate = False
+log.warning("e", extra={"event": "theirs"})  # queue_size=1: sent at once, to a collector that hangs
+queue = handler.tracker.queue
+deadline = time.monotonic() + 10
+while not any(s.leased for s in queue.sessions()):
+    assert time.monotonic() < deadline, "never sent"
+    time.sleep(0.01)
+print("posting", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_flush_is_true_when_ours_are_delivered_though_another_process_has_pending(
+    collector: DevCollector, make_handler: MakeHandler, attach: Attach, tmp_path: Path, secret: str
+) -> None:
+    with DevCollector(secret=secret, output=io.StringIO()) as hanging:
+        hanging.hang_next(10, seconds=30)
+        theirs = {
+            **IDENTITY,
+            "client_id": "another-app",  # another session, in the same folder
+            "collector_url": hanging.url,
+            "shared_secret_key": secret,
+            "queue_dir": str(tmp_path / "q"),
+            "queue_size": 1,
+            "timeout": [1, 20],
+            "close_timeout": 0.1,
+        }
+        other = subprocess.Popen(
+            [sys.executable, "-c", HOLD_A_BATCH, json.dumps(theirs)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert other.stdout is not None
+            assert other.stdout.readline().strip() == "posting"
+            handler = make_handler(collector.url, **NEVER_DUE)
+            log = attach("ours.app", handler)
+            for i in range(5):
+                log.info("e", extra={"event": "ours", "user_id": i})
+            assert handler.flush(timeout=10) is True
+            assert handler.stats()["pending"] == 1  # theirs, leased by the other process
+            assert sorted(e["user_id"] for e in collector.events()) == list(range(5))
+            log.info("e", extra={"event": "ours", "user_id": 5})
+            assert handler.flush(timeout=10) is True
+        finally:
+            other.kill()
+            other.communicate(timeout=10)

@@ -228,3 +228,54 @@ def test_logging_shutdown_stays_within_its_bound(
     assert took < 3, f"logging.shutdown() took {took:.1f} s"
     assert "100 events could not be written" in err, (out, err)  # said, never silent
     assert pending_in(queue_dir) == 1  # the event in flight stays, for the next start
+
+
+# -- a full buffer while the spool thread cannot write -----------------------------
+
+
+@pytest.mark.parametrize("on_full", ["wait", "drop"])
+def test_full_buffer_with_stalled_spool_drops_with_the_cause_without_waiting_each_time(
+    on_full: str,
+    collector: DevCollector,
+    secret: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    queue_dir = tmp_path / "q"
+    small = {"max_buffer": 20, "full_timeout": 0.5, "on_full": on_full, "queue_size": 10**6}
+    handler = HamustroHandler(**options(collector.url, secret, queue_dir, **small))
+    log = logging.getLogger(f"hangs.full.{on_full}")
+    log.addHandler(handler)
+    log.propagate = False
+    log.setLevel(logging.INFO)
+    try:
+        log.info("e", extra={"event": "first"})
+        assert handler.flush(timeout=10) is True
+        with write_lock_held(queue_dir):
+            started = time.monotonic()
+            for i in range(200):
+                log.info("e", extra={"event": "stalled", "params": {"i": i}})
+            took = time.monotonic() - started
+        # One wait of full_timeout at most, not one per event (180 x 0.5 s).
+        assert took < 5, f"200 emits took {took:.1f} s"
+        deadline = time.monotonic() + 10
+        while handler.stats()["buffered"]:  # the spool thread writes again
+            assert time.monotonic() < deadline, "the buffer was never written"
+            time.sleep(0.01)
+        log.info("e", extra={"event": "after"})  # buffered again
+        dropped = handler.stats()["dropped"]
+        assert set(dropped) == {"buffer_full"}
+        assert handler.flush(timeout=10) is True  # every event it stored is delivered
+        delivered = len(collector.events())
+        assert delivered + dropped["buffer_full"] == 202
+        assert delivered >= 22  # the first, a full buffer, the last
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+    err = capsys.readouterr().err
+    if on_full == "wait":
+        assert "waited 0.5 s for room among 20 events" in err
+        assert "the spool thread wrote nothing in that time" in err
+    else:
+        assert "on_full='drop'" in err
+    assert "events are buffered again" in err  # the streak's end is said too
