@@ -210,14 +210,26 @@ def _add_queue_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _queue_dir(queue_dir: str | None, client_id: str | None) -> Path:
-    """The folder: ``--queue-dir``, ``--client-id``, $HAMUSTRO_QUEUE_DIR, $HAMUSTRO_CLIENT_ID."""
+def _queue_dir(
+    queue_dir: str | None, client_id: str | None, collector_url: str | None = None
+) -> Path:
+    """The folder: ``--queue-dir``, ``--client-id``, $HAMUSTRO_QUEUE_DIR, $HAMUSTRO_CLIENT_ID.
+
+    The default folder of a client id also depends on the collector's URL
+    (``collector_url`` or $HAMUSTRO_COLLECTOR_URL).
+    """
     queue_dir = queue_dir or (None if client_id else os.environ.get("HAMUSTRO_QUEUE_DIR"))
     client_id = client_id or os.environ.get("HAMUSTRO_CLIENT_ID")
     if queue_dir:
         return Path(queue_dir)
+    collector_url = collector_url or os.environ.get("HAMUSTRO_COLLECTOR_URL")
+    if client_id and collector_url:
+        return default_queue_dir(client_id, collector_url)
     if client_id:
-        return default_queue_dir(client_id)
+        raise UsageError(
+            "the default queue folder of a client_id depends on the collector too: "
+            "set HAMUSTRO_COLLECTOR_URL, or say --queue-dir DIR"
+        )
     raise UsageError(
         "say which queue: --queue-dir DIR or --client-id ID "
         "(or set HAMUSTRO_QUEUE_DIR or HAMUSTRO_CLIENT_ID)"
@@ -548,7 +560,9 @@ class _Progress:
 def _cmd_flush(args: argparse.Namespace) -> int:
     config = _config(args)
     timeout = _timeout(config)
-    directory = _existing_queue(_queue_dir(config.get("queue_dir"), config["client_id"]))
+    directory = _existing_queue(
+        _queue_dir(config.get("queue_dir"), config["client_id"], config["collector_url"])
+    )
     try:
         tracker = ClientTracker(
             config["collector_url"],

@@ -7,12 +7,28 @@ attempt; the limits are here, with their reasons.
 
 from __future__ import annotations
 
+import enum
 import random
 from dataclasses import dataclass
 
 from .transport import Answer
 
-__all__ = ["Backoff", "explain"]
+__all__ = ["Action", "Backoff", "decide", "explain"]
+
+
+class Action(enum.Enum):
+    DELIVERED = "delivered"
+    SPLIT = "split"
+    RETRY = "retry"
+
+
+def decide(answer: Answer) -> Action:
+    """What to do with the events a request carried (interim; helper T writes the real one)."""
+    if answer.status == 200:
+        return Action.DELIVERED
+    if answer.status in (400, 413):
+        return Action.SPLIT
+    return Action.RETRY
 
 
 def explain(answer: Answer) -> str:
