@@ -51,6 +51,7 @@ from typing import Any, TypeVar, cast
 import diskcache
 import diskcache.core
 
+from . import folder
 from .wire import UINT32_MAX, Event, encode_payloads, iter_frames, md5hex
 
 __all__ = [
@@ -71,8 +72,7 @@ _REJECTED = "s/rejected"
 
 #: SQLite settings. ``eviction_policy='none'``: diskcache is a cache and by
 #: default evicts old items past 1 GB; a queue must never do that. Small page
-#: cache and no mmap keep resident memory flat with a large backlog. Values up
-#: to 1 MiB stay inside the database instead of becoming one file each.
+#: cache and no mmap keep resident memory flat with a large backlog.
 _SETTINGS: dict[str, Any] = {
     "eviction_policy": "none",
     "statistics": 0,
@@ -82,7 +82,9 @@ _SETTINGS: dict[str, Any] = {
     "cull_limit": 0,
     "sqlite_mmap_size": 0,
     "sqlite_cache_size": 2048,
-    "disk_min_file_size": 1 << 20,
+    # Every value stays inside cache.db (0600): diskcache would write a value
+    # of this size or more to a file of its own, with the umask's modes.
+    "disk_min_file_size": 1 << 62,
 }
 
 
@@ -289,7 +291,7 @@ class Queue:
         self.max_events = max_events
         self.max_bytes = max_bytes
         self._tail: tuple[str, int] | None = None  # the last chunk written: key, bytes
-        os.makedirs(self.directory, mode=0o700, exist_ok=True)
+        folder_id = folder.open_private(self.directory)  # refuses a folder others can write
         with _fork_gate:
             self._cache = diskcache.Cache(
                 self.directory, timeout=timeout, disk=SafeDisk, **_SETTINGS
@@ -297,13 +299,8 @@ class Queue:
             # A brand-new queue counts retention from its creation, so it does
             # not send on every event before its first sync.
             self._cache.add(_LAST_SYNC, _now_ms())
-        # The database and its WAL files exist now: only their owner reads them.
-        # (chmod, not umask: the umask is the whole process's, other threads'
-        # files included.)
-        for name in os.listdir(self.directory):
-            if name.startswith("cache.db"):
-                with contextlib.suppress(OSError):
-                    os.chmod(os.path.join(self.directory, name), 0o600)
+        # The database and its WAL files exist now: 0600, and still in the same folder.
+        folder.seal(self.directory, folder_id)
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[None]:
