@@ -77,6 +77,7 @@ from typing import Any, TypeVar, cast
 import diskcache
 import diskcache.core
 
+from . import folder
 from .wire import UINT32_MAX, Event, encode_payloads, iter_frames, md5hex
 
 __all__ = [
@@ -99,11 +100,12 @@ _LAST_SYNC = "s/last_sync"
 _REJECTED = "s/rejected"
 _ASIDE = "s/aside"
 _DB = "cache.db"
+#: Every key this library writes starts with one of these (see the table above).
+KEY_PREFIXES = ("e/", "l/", "m/", "r/", "x/", "h/", "d/", "n/", "s/")
 
 #: SQLite settings. ``eviction_policy='none'``: diskcache is a cache and by
 #: default evicts old items past 1 GB; a queue must never do that. Small page
-#: cache and no mmap keep resident memory flat with a large backlog. Values up
-#: to 1 MiB stay inside the database instead of becoming one file each.
+#: cache and no mmap keep resident memory flat with a large backlog.
 _SETTINGS: dict[str, Any] = {
     "eviction_policy": "none",
     "statistics": 0,
@@ -112,7 +114,9 @@ _SETTINGS: dict[str, Any] = {
     "cull_limit": 0,
     "sqlite_mmap_size": 0,
     "sqlite_cache_size": 2048,
-    "disk_min_file_size": 1 << 20,
+    # Every value stays inside cache.db (0600): diskcache would write a value
+    # of this size or more to a file of its own, with the umask's modes.
+    "disk_min_file_size": 1 << 62,
 }
 
 
@@ -404,7 +408,8 @@ def _token_owner(token: str) -> str:
 @contextlib.contextmanager
 def _folder_lock(directory: str) -> Iterator[None]:
     """An exclusive lock on the folder across processes (for setting a database aside)."""
-    fd = os.open(os.path.join(directory, "salvage.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    path = os.path.join(directory, "salvage.lock")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
@@ -470,7 +475,7 @@ class Queue:
         self._foreign: set[tuple[str, str]] = set()  # groups of another destination, reported
         #: The last nr this object handed out or saw, per session (never reused).
         self._known: dict[str, int] = dict(carry_numbers or {})
-        os.makedirs(self.directory, mode=0o700, exist_ok=True)
+        self._folder_id = folder.open_private(self.directory)  # refuses a folder others can write
         with _fork_gate:
             try:
                 self._cache = self._open_cache()
@@ -491,13 +496,12 @@ class Queue:
         # send on every event before its first sync.
         cache.add(_LAST_SYNC, _now_ms())
         self._db_id = _file_id(self._path)
-        # The database and its WAL files exist now: only their owner reads them.
-        # (chmod, not umask: the umask is the whole process's, other threads'
-        # files included.)
-        for name in os.listdir(self.directory):
-            if name.startswith(_DB):
-                with contextlib.suppress(OSError):
-                    os.chmod(os.path.join(self.directory, name), 0o600)
+        # The database and its WAL files exist now: 0600, and still in the same folder.
+        try:
+            folder.seal(self.directory, self._folder_id)
+        except Exception:
+            cache.close()
+            raise
         return cache
 
     def _carry_numbers(self) -> None:
@@ -1259,7 +1263,8 @@ class Queue:
                     if raw == 1
                     and mode == diskcache.core.MODE_RAW
                     and isinstance(key, str)
-                    and key[:2] in ("e/", "r/", "x/", "h/", "d/", "n/", "l/", "m/")
+                    and key[:2] in KEY_PREFIXES
+                    and not key.startswith("s/")  # counters: rebuilt from the rows
                     and isinstance(value, (bytes, str, int))
                 )
         with self._transaction():

@@ -260,8 +260,10 @@ class ClientTracker:
         max_queue_events, max_queue_bytes = o["max_queue_events"], o["max_queue_bytes"]
         backoff_base, backoff_cap = o["backoff_base"], o["backoff_cap"]
         url = _required("collector_url", collector_url)
-        if urlsplit(url).scheme not in ("http", "https"):
-            raise ValueError(f"collector_url must be an http:// or https:// URL, got {url!r}")
+        scheme = urlsplit(url).scheme
+        if scheme not in ("http", "https"):  # never the URL in the message: it may hold a password
+            got = f"scheme {scheme!r}" if scheme else "no scheme"
+            raise ValueError(f"collector_url must be an http:// or https:// URL, got {got}")
         secret = _required("shared_secret_key", shared_secret_key)
         self.device_id = sha256hex(_required("device_id", device_id))
         self.client_id = _required("client_id", client_id)
