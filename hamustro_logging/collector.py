@@ -635,9 +635,10 @@ class _Handler(BaseHTTPRequestHandler):
                 parts.append(part)
                 got += len(part)
                 collector._stopping.wait(max(0.0, started + got / rate - time.monotonic()))
-            if got < length and not collector._stopping.is_set():
+            if got < length:
+                # The client went away, or stop(): a client that closed with
+                # its buffers full may take long to send the rest; hang up.
                 raise _ClientGone
-            parts.append(self.rfile.read(length - got))  # stop(): the rest at full speed
             body = b"".join(parts)
         if len(body) < length:
             raise _ClientGone
