@@ -276,3 +276,14 @@ def test_an_answer_cut_off_is_not_reported_as_a_dead_collector(collector: DevCol
         refused.close()
     assert answer.sent is False
     assert explain(answer) == "connection refused; is the collector running at that URL?"
+
+
+def test_request_timeout_is_a_tracker_option(
+    collector: DevCollector, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tracker_config(collector, tmp_path / "q", timeout=(1, 5))
+    with ClientTracker(**config, request_timeout=4) as t:
+        assert t.transport.max_duration == 5.0
+    monkeypatch.setenv("HAMUSTRO_REQUEST_TIMEOUT", "2.5")
+    with ClientTracker(**config) as t:
+        assert t.transport.max_duration == 3.5
