@@ -55,6 +55,7 @@ TRACKER_OPTIONS: dict[str, Spec] = {
     "queue_dir": (str, None),
     "detect_ip": ("bool", True),
     "timeout": ("timeout", (3.05, 10.0)),
+    "request_timeout": (float, 30.0),  # connect + upload + wait, in all (Transport.max_duration)
     "verify": ("verify", True),
     # 500 a request: 2,000 measured about 20% faster end to end, but the longer
     # bursts of work on the handler's threads raised the application's emit
@@ -233,6 +234,7 @@ class ClientTracker:
         *,
         detect_ip: bool | None = None,
         timeout: float | Sequence[float] | None = None,
+        request_timeout: float | None = None,
         verify: bool | str | None = None,
         max_batch_events: int | None = None,
         max_batch_bytes: int | None = None,
@@ -303,6 +305,7 @@ class ClientTracker:
             self.product_version, self.system, self.product_git_hash,
         )  # fmt: skip
         self._transport_options: dict[str, Any] = {"timeout": _timeout(timeout), "verify": verify}
+        self._transport_options["request_timeout"] = o["request_timeout"]
         self._url = url
         self._backoff = Backoff(
             base=_seconds("backoff_base", backoff_base),
