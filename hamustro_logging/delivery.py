@@ -74,7 +74,7 @@ class Delivery:
         # within max_duration, so a live sender never loses its batch to
         # another, and a dead one's batches come back after that long (at
         # once when it was a process of this host).
-        self.lease_seconds = getattr(transport, "max_duration", 30.0) + _LEASE_MARGIN  # TODO T
+        self.lease_seconds = transport.max_duration + _LEASE_MARGIN
         self.retry_at = 0.0  # time.monotonic() before which we do not try again
         self._held: dict[str, tuple[Backoff, float]] = {}  # session -> backoff, held until
         self._lock = threading.Lock()
