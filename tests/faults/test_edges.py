@@ -96,3 +96,42 @@ def test_a_password_in_the_collector_url_is_never_shown(
     err = capfd.readouterr().err
     assert "cannot deliver to http://***@127.0.0.1:9/api/v1/track" in err
     assert "url-password" not in err
+
+
+class _Unprintable(Exception):
+    def __str__(self) -> str:
+        raise ValueError("and neither is this")
+
+
+class _Hostile:
+    def __str__(self) -> str:
+        raise _Unprintable
+
+
+def test_a_value_whose_str_raises_an_unprintable_error_never_reaches_the_app(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    handler = HamustroHandler(**tracker_config("http://127.0.0.1:9", tmp_path))
+    log = logging.getLogger("edges.hostile")
+    log.addHandler(handler)
+    log.propagate = False
+    try:
+        log.warning("x", extra={"event": "e", "params": {"v": _Hostile()}})  # must not raise
+        log.warning("x", extra={"event": "ok"})
+        handler.flush(timeout=0.1)  # on disk (nothing listens on port 9: kept there)
+        stats = handler.stats()
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+    assert stats["dropped"] == {"invalid": 1}
+    assert stats["pending"] == 1  # the next event is unaffected
+    line = capfd.readouterr().err.splitlines()[0]
+    assert "field 'params'" in line and "_Unprintable (its message cannot be shown)" in line
+
+
+def test_a_huge_event_name_is_reported_as_the_event_field(tmp_path: Path) -> None:
+    with (
+        ClientTracker(**tracker_config("http://127.0.0.1:9", tmp_path)) as t,
+        pytest.raises(ValueError, match="field 'event': the event is 10000000 bytes"),
+    ):
+        t.track_event("x" * 10_000_000)
