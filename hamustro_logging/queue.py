@@ -473,6 +473,8 @@ class Queue:
         self._cursor = "e/"  # claims start after this key: each group takes its turn
         self._headers: dict[tuple[str, str], tuple[bytes, str | None]] = {}
         self._foreign: set[tuple[str, str]] = set()  # groups of another destination, reported
+        self._damaged = False  # a row was set aside in this call: counters to rebuild
+        self._registered: dict[tuple[str, str], tuple[bytes, str | None]] = {}
         #: The last nr this object handed out or saw, per session (never reused).
         self._known: dict[str, int] = dict(carry_numbers or {})
         self._folder_id = folder.open_private(self.directory)  # refuses a folder others can write
@@ -634,6 +636,9 @@ class Queue:
             hid = md5hex(destination.encode() + b"\0" + header)[:8]
             self._cache.add(f"d/{session}/{hid}", destination)
         self._cache.add(f"h/{session}/{hid}", header)
+        # Known good from here on: a row of it damaged later is not a reason
+        # to set this process's own events aside.
+        self._headers[(session, hid)] = self._registered[(session, hid)] = (header, destination)
         return hid
 
     def _check_space(self) -> None:
@@ -805,23 +810,30 @@ class Queue:
             return value
         return str(value).encode("utf-8", "replace")
 
-    def _set_aside(self, key: str, why: str) -> None:
+    def _set_aside(self, key: str, why: str, say: bool = True) -> None:
         """Move one row to ``x/`` (inside a transaction), with its lease and attempts."""
         self._cache.set("x/" + key, self._raw(key))
         for name in (key, "l/" + key, "m/" + key):
             self._cache.delete(name)
-        self._notify(
-            f"set aside an unusable row of the queue in {self.directory} ({key}: {why}); "
-            "the rest is sent as usual (see `hamustro-logging status`)"
-        )
+        self._damaged = True
+        if say:
+            self._notify(
+                f"set aside an unusable row of the queue in {self.directory} ({key}: {why}); "
+                "the rest is sent as usual (see `hamustro-logging status`)"
+            )
 
     def _set_group_aside(self, session: str, hid: str, why: str) -> None:
-        for key in list(self._keys_with(f"e/{session}/{hid}/")):
-            self._set_aside(key, why)
+        keys = list(self._keys_with(f"e/{session}/{hid}/"))
+        for key in keys:
+            self._set_aside(key, why, say=False)
         for key in (f"h/{session}/{hid}", f"d/{session}/{hid}"):
             if self._sql("SELECT 1 FROM Cache WHERE key = ? AND raw = 1", (key,)):
                 self._cache.set("x/" + key, self._raw(key))
                 self._cache.delete(key)
+        self._notify(
+            f"set aside {len(keys)} chunks of session {session} in the queue in "
+            f"{self.directory}: {why}; the rest is sent as usual (see `hamustro-logging status`)"
+        )
 
     def _group(self, session: str, hid: str) -> tuple[bytes, str | None] | None:
         """A group's header and destination, or None (and the group set aside) if unusable."""
@@ -925,7 +937,7 @@ class Queue:
         count = size = 0
         group: tuple[str, str] | None = None
         header = b""
-        aside = self._int(_ASIDE)
+        self._damaged = False
         with self._transaction():
             for lo, hi in ((self._cursor, "e0"), ("e/", self._cursor)):
                 done = False
@@ -964,14 +976,15 @@ class Queue:
                         done = len(page) < _PAGE
                 if group is not None:
                     break
-            if self._int(_ASIDE) != aside:
+            if self._damaged:  # rows were set aside: count what is left
                 self._rebuild_counters()
             if group is None:
                 return None
             expiry = now + int(lease_seconds * 1000)
             for key in keys:
                 cache.set("l/" + key, f"{token}|{expiry}")
-                cache.incr("m/" + key)  # an attempt, counted before the request goes out
+                # An attempt, counted before the request goes out.
+                cache.set("m/" + key, (self._int("m/" + key) or 0) + 1)
             self._cursor = f"e/{group[0]}/{group[1]}0"
         return Batch(group[0], group[1], tuple(keys), header, b"".join(data), count, token)
 
@@ -1227,6 +1240,8 @@ class Queue:
             self._tail = None
             carried = self._carry_rows(aside)
             self._carry_numbers()
+            for (session, hid), (header, destination) in list(self._registered.items()):
+                self.register_header(session, header, destination)
         self._notify(
             f"the queue database in {self.directory} is corrupt ({error}); set it aside as "
             f"{os.path.basename(aside)} and carried {carried} readable rows into a new one"
