@@ -1240,7 +1240,7 @@ class Queue:
             self._tail = None
             carried = self._carry_rows(aside)
             self._carry_numbers()
-            for (session, hid), (header, destination) in list(self._registered.items()):
+            for (session, _), (header, destination) in list(self._registered.items()):
                 self.register_header(session, header, destination)
         self._notify(
             f"the queue database in {self.directory} is corrupt ({error}); set it aside as "
