@@ -25,9 +25,16 @@ and ``send-test`` take the tracker's configuration. Every option falls back
 to the ``HAMUSTRO_<NAME>`` environment variable. The command never creates a
 queue folder, and it never prints the shared secret.
 
+``status`` and ``export`` only read: they open the folder through
+:class:`~hamustro_logging.reader.QueueReader`, which writes nothing (a
+read-only mount is fine) and refuses a folder that is not a hamustro queue.
+``flush`` and ``retry-rejected`` check the same before they open the folder
+for writing. A password in ``collector_url`` is never printed.
+
 Exit codes: 0 success, 1 the operation failed or left something unsent, 2 a
 usage or configuration error. The CLI holds no business logic of its own: it
-calls :class:`~hamustro_logging.queue.Queue`, :class:`ClientTracker` and
+calls :class:`~hamustro_logging.queue.Queue`, :class:`ClientTracker`,
+:class:`~hamustro_logging.reader.QueueReader` and
 :class:`~hamustro_logging.transport.Transport`.
 """
 
@@ -46,7 +53,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TextIO
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import diskcache
 import diskcache.core
@@ -56,6 +63,7 @@ from . import __version__, collector, payload_pb2
 from .config import default_device_id, default_system_version
 from .mapping import EventError, build_event
 from .queue import Queue, QueueCorrupt
+from .reader import NotAQueue, QueueReader, check_is_queue
 from .tracker import ClientTracker, default_queue_dir
 from .transport import Answer, Transport
 from .wire import collection_header, encode_payload, session_id, sha256hex
@@ -155,11 +163,26 @@ def _config(args: argparse.Namespace) -> dict[str, str]:
             value.encode("utf-8")
         except UnicodeEncodeError:
             raise UsageError(f"{name} is not valid Unicode") from None
-    if urlsplit(values["collector_url"]).scheme not in ("http", "https"):
-        raise UsageError(
-            f"collector_url must be an http:// or https:// URL, got {values['collector_url']!r}"
-        )
+    _check_url(values["collector_url"])
     return values
+
+
+def _check_url(url: str) -> None:
+    """UsageError unless ``url`` is an http(s) URL with a host and a valid port.
+
+    The message never shows a password (see :func:`_shown_url`).
+    """
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 -- raises ValueError for a port out of range
+    except ValueError as exc:
+        raise UsageError(f"collector_url {_shown_url(url)!r} is not a valid URL: {exc}") from None
+    if parts.scheme not in ("http", "https"):
+        raise UsageError(
+            f"collector_url must be an http:// or https:// URL, got {_shown_url(url)!r}"
+        )
+    if not parts.hostname:
+        raise UsageError(f"collector_url {_shown_url(url)!r} has no host name")
 
 
 def _timeout(config: dict[str, str]) -> tuple[float, float]:
@@ -185,16 +208,20 @@ def _timeout(config: dict[str, str]) -> tuple[float, float]:
 
 
 def _shown_url(url: str) -> str:
-    """``url`` without a password, for messages.
+    """``url`` without its ``user:password@`` part, for messages, however malformed.
 
-    >>> _shown_url("https://user:pw@host:8443/x")
-    'https://user:***@host:8443/x'
+    >>> _shown_url("https://user:pw@host:8443/x"), _shown_url("ftp://bob:hunter2@host")
+    ('https://***@host:8443/x', 'ftp://***@host')
+    >>> _shown_url("bob:hunter2@host"), _shown_url("http://h[ost/x")
+    ('***@host', 'http://h[ost/x')
     """
-    parts = urlsplit(url)
-    if parts.password is None:
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    netloc = rest.split("/", 1)[0].split("?", 1)[0].split("#", 1)[0]
+    if "@" not in netloc:
         return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{netloc}"))
+    return f"{scheme}{sep}***@{rest[len(netloc.rsplit('@', 1)[0]) + 1 :]}"
 
 
 # -- the queue folder ------------------------------------------------------------------
@@ -210,14 +237,26 @@ def _add_queue_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _queue_dir(queue_dir: str | None, client_id: str | None) -> Path:
-    """The folder: ``--queue-dir``, ``--client-id``, $HAMUSTRO_QUEUE_DIR, $HAMUSTRO_CLIENT_ID."""
+def _queue_dir(
+    queue_dir: str | None, client_id: str | None, collector_url: str | None = None
+) -> Path:
+    """The folder: ``--queue-dir``, ``--client-id``, $HAMUSTRO_QUEUE_DIR, $HAMUSTRO_CLIENT_ID.
+
+    The default folder of a client id also depends on the collector's URL
+    (``collector_url`` or $HAMUSTRO_COLLECTOR_URL).
+    """
     queue_dir = queue_dir or (None if client_id else os.environ.get("HAMUSTRO_QUEUE_DIR"))
     client_id = client_id or os.environ.get("HAMUSTRO_CLIENT_ID")
     if queue_dir:
         return Path(queue_dir)
+    collector_url = collector_url or os.environ.get("HAMUSTRO_COLLECTOR_URL")
+    if client_id and collector_url:
+        return default_queue_dir(client_id, collector_url)
     if client_id:
-        return default_queue_dir(client_id)
+        raise UsageError(
+            "the default queue folder of a client_id depends on the collector too: "
+            "set HAMUSTRO_COLLECTOR_URL, or say --queue-dir DIR"
+        )
     raise UsageError(
         "say which queue: --queue-dir DIR or --client-id ID "
         "(or set HAMUSTRO_QUEUE_DIR or HAMUSTRO_CLIENT_ID)"
@@ -233,10 +272,41 @@ def _existing_queue(directory: Path) -> Path:
     return directory
 
 
+def _refuse_foreign(directory: Path) -> None:
+    """UsageError unless ``directory`` holds a hamustro queue; reads only, writes nothing."""
+    try:
+        check_is_queue(directory)
+    except NotAQueue as exc:
+        raise UsageError(f"{exc}; nothing was changed") from None
+    except _QUEUE_ERRORS as exc:
+        raise Failure(f"cannot read the queue in {directory}: {exc}") from None
+
+
+@contextlib.contextmanager
+def _read_queue(directory: Path) -> Iterator[QueueReader]:
+    """Open an existing queue folder read-only; errors reading it become :class:`Failure`."""
+    _existing_queue(directory)
+    try:
+        reader = QueueReader(directory)
+    except NotAQueue as exc:
+        raise UsageError(f"{exc}; nothing was changed") from None
+    except _QUEUE_ERRORS as exc:
+        raise Failure(f"cannot open the queue in {directory}: {exc}") from None
+    try:
+        yield reader
+    except BrokenPipeError:
+        raise  # stdout's reader is gone: not the queue's fault
+    except _QUEUE_ERRORS as exc:
+        raise Failure(f"cannot read the queue in {directory}: {exc}") from None
+    finally:
+        reader.close()
+
+
 @contextlib.contextmanager
 def _open_queue(directory: Path) -> Iterator[Queue]:
-    """Open an existing queue folder; errors reading it become :class:`Failure`."""
+    """Open an existing queue folder to change it; a foreign folder is left untouched."""
     _existing_queue(directory)
+    _refuse_foreign(directory)
     try:
         queue = Queue(directory)
     except _QUEUE_ERRORS as exc:
@@ -323,7 +393,7 @@ class SessionStatus:
     last_nr: int | None
 
 
-def _oldest_at(queue: Queue, oldest_nr: dict[str, int]) -> dict[str, int]:
+def _oldest_at(queue: QueueReader, oldest_nr: dict[str, int]) -> dict[str, int]:
     """``at`` of each session's oldest pending event, reading no further than needed.
 
     Chunks are stored sorted by session, header and ``nr``, so the scan
@@ -340,7 +410,7 @@ def _oldest_at(queue: Queue, oldest_nr: dict[str, int]) -> dict[str, int]:
     return found
 
 
-def _status(queue: Queue, directory: Path) -> dict[str, Any]:
+def _status(queue: QueueReader, directory: Path) -> dict[str, Any]:
     """The ``status --json`` document."""
     now = time.time()
     infos = {info.session: info for info in queue.sessions()}
@@ -425,7 +495,7 @@ def _status_table(doc: dict[str, Any]) -> str:
 
 def _cmd_status(args: argparse.Namespace) -> int:
     directory = _queue_dir(args.queue_dir, args.client_id)
-    with _open_queue(directory) as queue:
+    with _read_queue(directory) as queue:
         doc = _status(queue, directory)
     if args.json:
         print(json.dumps(doc, indent=2))
@@ -466,7 +536,7 @@ def _event_line(session: str, header: bytes, nr: int, frame: bytes) -> dict[str,
 def _cmd_export(args: argparse.Namespace) -> int:
     directory = _queue_dir(args.queue_dir, args.client_id)
     broken = 0
-    with _open_queue(directory) as queue:
+    with _read_queue(directory) as queue:
         for session, header, nr, frame in queue.iter_events(rejected=args.rejected):
             try:
                 line = _event_line(session, header, nr, frame)
@@ -548,7 +618,10 @@ class _Progress:
 def _cmd_flush(args: argparse.Namespace) -> int:
     config = _config(args)
     timeout = _timeout(config)
-    directory = _existing_queue(_queue_dir(config.get("queue_dir"), config["client_id"]))
+    directory = _existing_queue(
+        _queue_dir(config.get("queue_dir"), config["client_id"], config["collector_url"])
+    )
+    _refuse_foreign(directory)
     try:
         tracker = ClientTracker(
             config["collector_url"],
@@ -561,10 +634,10 @@ def _cmd_flush(args: argparse.Namespace) -> int:
             detect_ip=False,
             timeout=timeout,
         )
-    except (TypeError, ValueError) as exc:
-        raise UsageError(str(exc)) from None
     except _QUEUE_ERRORS as exc:
         raise Failure(f"cannot open the queue in {directory}: {exc}") from None
+    except (TypeError, ValueError) as exc:
+        raise UsageError(str(exc)) from None
     sent = failed = 0
     with tracker:
         pending = tracker.queue.pending_count()
@@ -735,6 +808,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _run_collector(argv: list[str]) -> int:
+    """The development collector's own ``main``; a bad port or output file is one line."""
+    try:
+        return collector.main(argv)
+    except (OSError, OverflowError) as exc:  # --port 99999 overflows; --output /nonexistent/x
+        raise Failure(f"collector: cannot start: {exc}") from None
+
+
 _COMMANDS = {
     "status": _cmd_status,
     "flush": _cmd_flush,
@@ -761,7 +842,7 @@ def main(argv: list[str] | None = None) -> int:
             _error("say which command; see --help")
             return 2
         if args.command == "collector":
-            return collector.main(rest)
+            return _run_collector(rest)
         if rest:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
         return _COMMANDS[args.command](args)

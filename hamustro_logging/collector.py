@@ -56,10 +56,13 @@ _encode_json = json.JSONEncoder(separators=(",", ":")).encode
 
 
 class _Fault(NamedTuple):
-    kind: str  # "fail", "drop", "hang" or "accept_then_drop"
+    # "fail", "drop", "hang", "accept_then_drop", "redirect", "trickle" or "big_body"
+    kind: str
     status: int = 0
     retry_after: str | None = None
-    seconds: float = 0.0
+    seconds: float = 0.0  # hang: the wait; trickle: the wait per body byte
+    location: str = ""  # redirect: the Location header
+    size: int = 0  # trickle, big_body: the answer's body length
 
 
 class _Answer(NamedTuple):
@@ -143,6 +146,8 @@ class DevCollector:
         self._statuses: collections.Counter[int] = collections.Counter()
         self._faults: collections.deque[_Fault] = collections.deque()
         self._delay = 0.0
+        self._max_body: int | None = None
+        self._read_rate: float | None = None
         self._stopping = threading.Event()
         self._stopped = False
         self._connections: dict[_Handler, bool] = {}  # handler -> busy with a request
@@ -273,6 +278,64 @@ class DevCollector:
         A request that fails a check is answered as usual (there is nothing to store).
         """
         self._add_faults(n, _Fault("accept_then_drop"))
+
+    def redirect_next(self, n: int = 1, status: int = 301, location: str = "") -> None:
+        """Answer the next ``n`` track POSTs with a redirect to ``location``; store nothing.
+
+        ``location`` defaults to this collector's own track URL.
+        """
+        if not 300 <= status <= 399:
+            raise ValueError(f"status must be a 3xx redirect, got {status}")
+        self._add_faults(n, _Fault("redirect", status=status, location=location))
+
+    def trickle_next(self, n: int = 1, body_bytes: int = 60, seconds_per_byte: float = 1.0) -> None:
+        """Store the next ``n`` valid track POSTs and answer 200, with a body of
+        ``body_bytes`` (its Content-Length) sent one byte every ``seconds_per_byte``.
+
+        The trickle stops when the client goes away or stop() is called.
+        """
+        if body_bytes < 1 or seconds_per_byte < 0:
+            raise ValueError("body_bytes must be >= 1 and seconds_per_byte >= 0")
+        self._add_faults(n, _Fault("trickle", seconds=seconds_per_byte, size=body_bytes))
+
+    def big_body_next(self, n: int = 1, size: int = 300 << 20) -> None:
+        """Store the next ``n`` valid track POSTs and answer 200 with a ``size``-byte body.
+
+        The body is written lazily, 64 KiB at a time, for as long as the
+        client reads it; nothing of its size is held in memory.
+        """
+        if size < 1:
+            raise ValueError(f"size must be >= 1, got {size}")
+        self._add_faults(n, _Fault("big_body", size=size))
+
+    @property
+    def max_body(self) -> int | None:
+        """Answer 413 to any POST whose body is over this many bytes (None: no limit).
+
+        Like a proxy in front of the collector: checked before everything
+        else, once the body is read, and the connection is then closed.
+        """
+        with self._lock:
+            return self._max_body
+
+    @max_body.setter
+    def max_body(self, limit: int | None) -> None:
+        if limit is not None and limit < 0:
+            raise ValueError(f"max_body must be >= 0 or None, got {limit}")
+        with self._lock:
+            self._max_body = limit
+
+    def read_rate(self, bytes_per_second: float | None) -> None:
+        """Read request bodies at about ``bytes_per_second`` (a slow uplink); None turns it off.
+
+        Connections accepted while a rate is set also get a small receive
+        buffer (16 KiB), so the client feels the slowness at once instead of
+        filling megabytes of loopback buffers first.
+        """
+        if bytes_per_second is not None and bytes_per_second <= 0:
+            raise ValueError(f"bytes_per_second must be > 0 or None, got {bytes_per_second}")
+        with self._lock:
+            self._read_rate = bytes_per_second
 
     def set_delay(self, seconds: float) -> None:
         """Make every answer wait ``seconds`` first (a slow collector); 0 turns it off."""
@@ -452,6 +515,10 @@ class _Handler(BaseHTTPRequestHandler):
     server: _Server
 
     def setup(self) -> None:
+        if self.server.collector._read_rate is not None:
+            # Before the first read; Linux keeps the window scale agreed at
+            # the handshake, but never opens the window beyond this buffer.
+            self.request.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
         super().setup()
         self.server.collector._track(self, True)
 
@@ -492,12 +559,19 @@ class _Handler(BaseHTTPRequestHandler):
         except (_ClientGone, OSError):
             self.close_connection = True
             return
+        limit = collector._max_body
+        if is_post and limit is not None and len(body) > limit:
+            # A proxy in front of the collector: before any of its checks.
+            self.close_connection = True
+            self._answer(413, "Request Entity Too Large")
+            return
         is_track = self.path.split("?", 1)[0] == TRACK_PATH
         fault = collector._next_fault() if is_post and is_track else None
         if fault is not None and fault.kind == "drop":
             self.close_connection = True
             return
-        wait = collector._delay + (fault.seconds if fault is not None else 0.0)
+        hang = fault.seconds if fault is not None and fault.kind == "hang" else 0.0
+        wait = collector._delay + hang
         if wait > 0:
             collector._stopping.wait(wait)
         if not is_track:
@@ -509,6 +583,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._answer(405, "Sending method is not POST")
         elif fault is not None and fault.kind == "fail":
             self._answer(fault.status, "injected failure", retry_after=fault.retry_after)
+        elif fault is not None and fault.kind == "redirect":
+            location = fault.location or collector.url + TRACK_PATH
+            self._answer(fault.status, "injected redirect", location=location)
         else:
             answer = collector._check(self.headers, body)
             if answer.status != 200:
@@ -518,6 +595,8 @@ class _Handler(BaseHTTPRequestHandler):
             status = collector._store(answer, answered=not drop)
             if status == 200 and drop:
                 self.close_connection = True
+            elif status == 200 and fault is not None and fault.kind in ("trickle", "big_body"):
+                self._answer_with_body(fault.size, fault.seconds if fault.kind == "trickle" else 0)
             elif status == 200:
                 self._answer(200, counted=True)
             else:
@@ -537,7 +616,30 @@ class _Handler(BaseHTTPRequestHandler):
             raise _BadRequest(f"invalid Content-Length {length_header!r}") from None
         if length < 0:
             raise _BadRequest(f"invalid Content-Length {length_header!r}")
-        body = self.rfile.read(length)
+        return self._read_exactly(length)
+
+    def _read_exactly(self, length: int) -> bytes:
+        """``length`` bytes of the body, at the collector's ``read_rate`` if one is set."""
+        collector = self.server.collector
+        rate = collector._read_rate
+        if rate is None:
+            body = self.rfile.read(length)
+        else:
+            parts: list[bytes] = []
+            got, started = 0, time.monotonic()
+            piece = max(1, int(rate / 20))  # about 20 reads a second
+            while got < length and not collector._stopping.is_set():
+                part = self.rfile.read(min(piece, length - got))
+                if not part:
+                    break
+                parts.append(part)
+                got += len(part)
+                collector._stopping.wait(max(0.0, started + got / rate - time.monotonic()))
+            if got < length:
+                # The client went away, or stop(): a client that closed with
+                # its buffers full may take long to send the rest; hang up.
+                raise _ClientGone
+            body = b"".join(parts)
         if len(body) < length:
             raise _ClientGone
         return body
@@ -556,10 +658,7 @@ class _Handler(BaseHTTPRequestHandler):
                 while self.rfile.readline(65537) not in (b"\r\n", b"\n", b""):
                     pass  # trailers are ignored
                 return b"".join(parts)
-            chunk = self.rfile.read(size)
-            if len(chunk) < size:
-                raise _ClientGone
-            parts.append(chunk)
+            parts.append(self._read_exactly(size))
             self.rfile.readline(65537)  # the CRLF after the chunk
 
     def _answer(
@@ -568,10 +667,13 @@ class _Handler(BaseHTTPRequestHandler):
         error: str = "",
         retry_after: str | None = None,
         counted: bool = False,
+        location: str | None = None,
     ) -> None:
         collector = self.server.collector
         body = b""
         head = [f"HTTP/1.1 {status} {_phrase(status)}"]
+        if location is not None:
+            head.append(f"Location: {location}")
         if collector._verbose and error and status >= 400:
             body = _encode_json({"error": error}).encode()
             head.append("Content-Type: application/json")
@@ -589,6 +691,29 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body)
         except OSError:
             self.close_connection = True  # the client gave up waiting
+
+    def _answer_with_body(self, size: int, seconds_per_byte: float) -> None:
+        """Answer 200 with a ``size``-byte body, written lazily (trickled if ``seconds_per_byte``).
+
+        Stops when the client goes away or the collector stops; a body cut
+        short closes the connection.
+        """
+        collector = self.server.collector
+        collector._count(200)
+        head = f"HTTP/1.1 200 OK\r\nContent-Length: {size}\r\n\r\n".encode("latin-1")
+        block = b"x" * (1 if seconds_per_byte > 0 else 65536)
+        left = size
+        try:
+            self.wfile.write(head)
+            while left > 0 and not collector._stopping.is_set():
+                self.wfile.write(block[:left])
+                left -= min(len(block), left)
+                if seconds_per_byte > 0:
+                    collector._stopping.wait(seconds_per_byte)
+        except OSError:
+            pass  # the client stopped reading: what this fault is for
+        if left > 0:
+            self.close_connection = True
 
 
 def _phrase(status: int) -> str:

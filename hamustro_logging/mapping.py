@@ -22,7 +22,7 @@ from typing import Any
 
 from .wire import UINT32_MAX, UINT64_MAX, Event
 
-__all__ = ["EventError", "build_event", "extra_attributes", "map_record"]
+__all__ = ["EventError", "build_event", "describe", "extra_attributes", "map_record"]
 
 #: Attributes every LogRecord has; whatever else a record carries came from
 #: ``extra=`` (or a filter). Taken from a blank record, as structlog's
@@ -67,6 +67,22 @@ def _type_name(value: object) -> str:
     return type(value).__name__
 
 
+def describe(exc: BaseException) -> str:
+    """``Type: message`` of an exception, even one whose ``__str__`` raises (one line, bounded).
+
+    >>> class Bad(Exception):
+    ...     def __str__(self) -> str: raise ValueError("no")
+    >>> describe(Bad())
+    'Bad (its message cannot be shown)'
+    """
+    try:
+        text = str(exc)
+    except Exception:
+        return f"{_type_name(exc)} (its message cannot be shown)"
+    text = " ".join(text.split())[:300]
+    return f"{_type_name(exc)}: {text}" if text else _type_name(exc)
+
+
 def _params_bytes(params: object) -> bytes | None:
     if params is None:
         return None
@@ -75,10 +91,11 @@ def _params_bytes(params: object) -> bytes | None:
     if isinstance(params, (dict, list, tuple)):
         try:
             text = _to_json(params)
-        except (TypeError, ValueError, RecursionError) as exc:
+        except Exception as exc:
             # keys that are not str/int/float/bool/None, circular references,
-            # NaN or Infinity, nesting deeper than the recursion limit
-            reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+            # NaN or Infinity, nesting deeper than the recursion limit, or a
+            # value whose __str__ raises (whatever it raises)
+            reason = "nested too deeply" if isinstance(exc, RecursionError) else describe(exc)
             raise EventError(
                 "params", f"{_type_name(params)} cannot be JSON-encoded: {reason}"
             ) from None
@@ -135,8 +152,11 @@ def build_event(
 
     size = len(name) if params_bytes is None else len(name) + len(params_bytes)
     if size > max_event_bytes:
+        field = "event" if len(name) > max_event_bytes // 2 else "params"
         raise EventError(
-            "params", f"event is {size} bytes, more than max_event_bytes={max_event_bytes}"
+            field,
+            f"the event is {size} bytes ({len(name)} of them its name), more than "
+            f"max_event_bytes={max_event_bytes}",
         )
     # tuple.__new__ skips NamedTuple's Python-level __new__: half the cost.
     return tuple.__new__(Event, (int(at), name, user_id, ip_bytes, params_bytes, is_testing))

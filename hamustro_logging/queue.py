@@ -8,8 +8,8 @@ Who calls what:
 
 * ``append`` is called by the handler's spool thread (or, in durable mode and
   from ``ClientTracker.track_event``, by the application's thread);
-* ``claim``, ``ack`` and ``release`` by whoever sends: the handler's flusher
-  thread, or ``ClientTracker.flush``;
+* ``claim``, ``ack``, ``settle``, ``release`` and ``give_back`` by whoever
+  sends: the handler's flusher thread, or ``ClientTracker.flush``;
 * the read-only counters by anyone.
 
 A ``Queue`` object is safe to share between threads: diskcache keeps one
@@ -21,69 +21,103 @@ pickled, and :class:`SafeDisk` refuses to unpickle what a tampered file holds):
 
 =========================================  =======================================
 ``e/{session}/{hid}/{first_nr:010d}/{n}``  a chunk: ``n`` framed payloads (bytes)
-``l/{chunk key}``                           lease on a chunk being sent (str, expires)
-``m/{chunk key}``                           the chunk went out once without an answer (int)
-``r/{session}/{hid}/{nr:010d}/1``           an event the collector refused with 400 (bytes)
+``l/{chunk key}``                           lease on a chunk being sent: ``token|expiry_ms``
+``m/{chunk key}``                           attempts that may have reached the collector (int)
+``r/{session}/{hid}/{nr:010d}/1``           an event the collector refused (bytes)
+``x/{key}``                                 a row set aside as unusable, its raw bytes
 ``h/{session}/{hid}``                       the collection header, fields 1-7 (bytes)
+``d/{session}/{hid}``                       the destination (collector and key) it is for (str)
 ``n/{session}``                             last ``nr`` given in the session (int)
 ``s/pending``, ``s/pending_bytes``          unsent events and their bytes (int)
 ``s/last_sync``                             epoch milliseconds of the last 200 (int)
-``s/rejected``                              events set aside in ``r/`` (int)
+``s/rejected``, ``s/aside``                 rows in ``r/`` and in ``x/`` (int)
 =========================================  =======================================
 
-``hid`` is a short hash of the header, so events keep the ``system`` and
-``product_git_hash`` they were logged with even when those change between
-runs without a version bump. Chunk keys sort by session, header and ``nr``,
-so one scan from the front finds the oldest unsent events of a session.
+``hid`` is a short hash of the destination and the header, so events keep
+the header they were logged with, and a sender only ever sends what was
+logged for its own collector and key. Chunk keys sort by session, header and
+``nr``.
+
+How sending is shared out (:meth:`Queue.claim`):
+
+* **Turns.** Each claim starts at the group (session and header) after the
+  one this object claimed last, so a group that keeps failing, or a huge
+  backlog of one session, never starves the others.
+* **Leases.** A claimed chunk gets a lease ``token|expiry``. It is free again
+  when it expires or, at once, when its owner is a process of this host that
+  no longer runs. The owner may still settle it after expiry, as long as no
+  one else took it over (the token is compared, not the clock). Senders bound
+  every request well under the lease (``Transport.max_duration``).
+* **Attempts.** A claim counts an attempt on each chunk *before* the request
+  goes out, so after a crash mid-send the next delivery is known to be a
+  possible duplicate and counted in ``resent``.
+* **Damage.** A row the library cannot use (a malformed key, a chunk that is
+  not a run of payloads, a pickle, a group whose header is missing or does not
+  match its hash) is moved to ``x/`` (counted, exportable) and the claim goes
+  on with the rest. Counters that cannot be read are rebuilt from the rows.
+  A database SQLite reports as corrupt is set aside and what can be read of it
+  is carried into a fresh one (:meth:`Queue._salvage`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import functools
 import logging
 import os
+import socket
+import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+import uuid
+from collections.abc import Callable, Container, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
 import diskcache
 import diskcache.core
 
+from . import folder
 from .wire import UINT32_MAX, Event, encode_payloads, iter_frames, md5hex
 
 __all__ = [
     "Appended",
     "Batch",
+    "DiskSpaceLow",
     "Queue",
+    "QueueBusy",
     "QueueCorrupt",
     "QueueFull",
     "SafeDisk",
     "SessionInfo",
     "Settled",
+    "new_owner",
 ]
 
 _PENDING = "s/pending"
 _PENDING_BYTES = "s/pending_bytes"
 _LAST_SYNC = "s/last_sync"
 _REJECTED = "s/rejected"
+_ASIDE = "s/aside"
+_DB = "cache.db"
+#: Every key this library writes starts with one of these (see the table above).
+KEY_PREFIXES = ("e/", "l/", "m/", "r/", "x/", "h/", "d/", "n/", "s/")
 
 #: SQLite settings. ``eviction_policy='none'``: diskcache is a cache and by
 #: default evicts old items past 1 GB; a queue must never do that. Small page
-#: cache and no mmap keep resident memory flat with a large backlog. Values up
-#: to 1 MiB stay inside the database instead of becoming one file each.
+#: cache and no mmap keep resident memory flat with a large backlog.
 _SETTINGS: dict[str, Any] = {
     "eviction_policy": "none",
     "statistics": 0,
     "tag_index": 0,
-    # No culling on every write: expired leases are overwritten by the next
-    # claim or deleted with their chunk, so nothing accumulates.
+    # No culling on every write: nothing here expires by itself.
     "cull_limit": 0,
     "sqlite_mmap_size": 0,
     "sqlite_cache_size": 2048,
-    "disk_min_file_size": 1 << 20,
+    # Every value stays inside cache.db (0600): diskcache would write a value
+    # of this size or more to a file of its own, with the umask's modes.
+    "disk_min_file_size": 1 << 62,
 }
 
 
@@ -93,6 +127,19 @@ class QueueCorrupt(ValueError):
 
 class QueueFull(RuntimeError):
     """The queue holds ``max_queue_events`` / ``max_queue_bytes`` unsent; the event was refused."""
+
+
+class QueueBusy(diskcache.Timeout):
+    """Another process held the queue's write lock longer than the caller would wait."""
+
+
+class DiskSpaceLow(OSError):
+    """The disk of the queue folder has less free space than ``min_free_bytes``.
+
+    New events are refused so that the queue never takes the last of the
+    disk: sending (which needs a little space for leases and deletes) keeps
+    working, and sending is what frees space.
+    """
 
 
 class SafeDisk(diskcache.Disk):
@@ -135,6 +182,7 @@ class Batch:
     """
 
     session: str
+    hid: str
     keys: tuple[str, ...]
     header: bytes
     data: bytes
@@ -232,17 +280,43 @@ _F = TypeVar("_F", bound=Callable[..., Any])
 #: A chunk written one event at a time grows by rewriting it: only up to this
 #: size (about 60 typical events), so an append stays a small write.
 _TAIL_BYTES = 4096
+#: Keys read per query while walking the chunks.
+_PAGE = 64
 
 
 def _gated(method: _F) -> _F:
-    """Run ``method`` under the fork gate."""
+    """Run ``method`` under the fork gate; a corrupt database is salvaged and the call retried.
+
+    Only the outermost call of a thread does the salvage, never one nested in
+    another method's transaction.
+    """
 
     @functools.wraps(method)
-    def gated(*args: Any, **kwargs: Any) -> Any:
+    def gated(self: Queue, *args: Any, **kwargs: Any) -> Any:
         with _fork_gate:
-            return method(*args, **kwargs)
+            outer = not self._depth
+            self._depth += 1
+            try:
+                return method(self, *args, **kwargs)
+            except sqlite3.DatabaseError as exc:
+                if not (outer and _is_corruption(exc)):
+                    raise
+                error = str(exc)
+            finally:
+                self._depth -= 1
+            self._salvage(error)
+            return method(self, *args, **kwargs)
 
     return cast(_F, gated)
+
+
+def _is_corruption(exc: BaseException) -> bool:
+    """SQLite's "database disk image is malformed" / "file is not a database".
+
+    Locks, a full disk, I/O errors and a read-only file are
+    ``OperationalError``: passing troubles, not damage.
+    """
+    return type(exc) is sqlite3.DatabaseError
 
 
 def _now_ms() -> int:
@@ -251,6 +325,11 @@ def _now_ms() -> int:
 
 def _chunk_key(session: str, hid: str, first_nr: int, count: int) -> str:
     return f"e/{session}/{hid}/{first_nr:010d}/{count}"
+
+
+def _after(prefix: str) -> str:
+    """The smallest string greater than every string starting with ``prefix``."""
+    return prefix[:-1] + chr(ord(prefix[-1]) + 1)
 
 
 def _runs(items: Sequence[tuple[int, bytes]]) -> Iterator[tuple[int, list[bytes]]]:
@@ -274,6 +353,96 @@ def _parse_chunk_key(key: str) -> tuple[str, str, int, int]:
     return session, hid, int(first_nr), int(count)
 
 
+def _parsed(key: str) -> tuple[str, str, int, int] | None:
+    """A chunk (or rejected) key's parts, or None if the key is not one we write."""
+    try:
+        session, hid, first, n = _parse_chunk_key(key)
+    except ValueError:
+        return None
+    if not session or not hid or first < 1 or n < 1:
+        return None
+    return session, hid, first, n
+
+
+def _frame_count(value: bytes) -> int:
+    """How many payload frames ``value`` holds; -1 if it is not a run of frames."""
+    try:
+        return sum(1 for _ in iter_frames(value))
+    except (ValueError, IndexError):
+        return -1
+
+
+# -- lease owners -------------------------------------------------------------
+
+
+def _proc_stat(pid: int) -> tuple[str, str] | None:
+    """(state, start time) of a process from /proc; None where there is no /proc."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        return fields[0].decode(), fields[19].decode()
+    except (OSError, IndexError, UnicodeDecodeError):
+        return None
+
+
+def new_owner() -> str:
+    """A lease owner id: ``host:pid:start:nonce`` (unique to this object in this process).
+
+    The pid and its start time let another process of this host see that the
+    owner no longer runs and take its leases over at once.
+    """
+    pid = os.getpid()
+    stat = _proc_stat(pid)
+    start = stat[1] if stat else "0"
+    return f"{socket.gethostname()}:{pid}:{start}:{uuid.uuid4().hex[:12]}"
+
+
+def _owner_gone(owner: str) -> bool:
+    """True if ``owner`` was a process of this host that no longer runs."""
+    try:
+        host, pid_text, start, _ = owner.rsplit(":", 3)
+        pid = int(pid_text)
+    except ValueError:
+        return False  # not an id new_owner() made: only its expiry frees it
+    if host != socket.gethostname() or pid == os.getpid() or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        pass  # alive, someone else's
+    stat = _proc_stat(pid)
+    if stat is None:
+        return False
+    state, now_start = stat
+    return state in ("Z", "X") or (start != "0" and now_start != start)  # a zombie, or pid reused
+
+
+def _token_owner(token: str) -> str:
+    return token.rsplit("/", 1)[0]
+
+
+@contextlib.contextmanager
+def _folder_lock(directory: str) -> Iterator[None]:
+    """An exclusive lock on the folder across processes (for setting a database aside)."""
+    path = os.path.join(directory, "salvage.lock")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _file_id(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 class Queue:
     """The durable queue of one folder.
 
@@ -289,6 +458,11 @@ class Queue:
     >>> q.ack(batch), q.pending_count()
     (Settled(sent=2, resent=0, rejected=0), 0)
     >>> q.close()
+
+    ``carry_numbers`` (session -> last ``nr``) are numbers handed out before,
+    in a folder that was since deleted or set aside: numbering goes on after
+    them, never reusing one. ``notify`` gets a line when the queue repairs
+    itself (a row set aside, a database salvaged).
     """
 
     def __init__(
@@ -296,32 +470,76 @@ class Queue:
         directory: str | os.PathLike[str],
         *,
         chunk_events: int = 500,
-        chunk_bytes: int = 256 * 1024,
+        chunk_bytes: int = 32 * 1024,
         max_events: int = 10_000_000,
         max_bytes: int = 1 << 30,
+        min_free_bytes: int = 0,
         timeout: float = 10.0,
+        carry_numbers: Mapping[str, int] | None = None,
+        notify: Callable[[str], None] | None = None,
     ) -> None:
         self.directory = os.fspath(directory)
         self.chunk_events = chunk_events
         self.chunk_bytes = chunk_bytes
         self.max_events = max_events
         self.max_bytes = max_bytes
+        self.min_free_bytes = min_free_bytes
+        self.timeout = timeout
+        self._notify = notify or (lambda line: None)
+        self._depth = 0  # nesting of gated calls (under the process-wide gate)
         self._tail: tuple[str, int] | None = None  # the last chunk written: key, bytes
-        os.makedirs(self.directory, mode=0o700, exist_ok=True)
+        self._cursor = "e/"  # claims start after this key: each group takes its turn
+        self._headers: dict[tuple[str, str], tuple[bytes, str | None]] = {}
+        self._foreign: set[tuple[str, str]] = set()  # groups of another destination, reported
+        self._damaged = False  # a row was set aside in this call: counters to rebuild
+        self._registered: dict[tuple[str, str], tuple[bytes, str | None]] = {}
+        #: The last nr this object handed out or saw, per session (never reused).
+        self._known: dict[str, int] = dict(carry_numbers or {})
+        self._folder_id = folder.open_private(self.directory)  # refuses a folder others can write
         with _fork_gate:
-            self._cache = diskcache.Cache(
-                self.directory, timeout=timeout, disk=SafeDisk, **_SETTINGS
-            )
-            # A brand-new queue counts retention from its creation, so it does
-            # not send on every event before its first sync.
-            self._cache.add(_LAST_SYNC, _now_ms())
-        # The database and its WAL files exist now: only their owner reads them.
-        # (chmod, not umask: the umask is the whole process's, other threads'
-        # files included.)
-        for name in os.listdir(self.directory):
-            if name.startswith("cache.db"):
-                with contextlib.suppress(OSError):
-                    os.chmod(os.path.join(self.directory, name), 0o600)
+            try:
+                self._cache = self._open_cache()
+            except sqlite3.DatabaseError as exc:
+                if not _is_corruption(exc):
+                    raise
+                self._db_id = _file_id(self._path)
+                self._salvage(str(exc))
+            self._carry_numbers()
+
+    @property
+    def _path(self) -> str:
+        return os.path.join(self.directory, _DB)
+
+    def _open_cache(self) -> diskcache.Cache:
+        cache = diskcache.Cache(self.directory, timeout=self.timeout, disk=SafeDisk, **_SETTINGS)
+        # A brand-new queue counts retention from its creation, so it does not
+        # send on every event before its first sync.
+        cache.add(_LAST_SYNC, _now_ms())
+        self._db_id = _file_id(self._path)
+        # The database and its WAL files exist now: 0600, and still in the same folder.
+        try:
+            folder.seal(self.directory, self._folder_id)
+        except Exception:
+            cache.close()
+            raise
+        return cache
+
+    def _carry_numbers(self) -> None:
+        """Numbering in this folder goes on after every number known to have been handed out."""
+        if not self._known:
+            return
+        with self._transaction():
+            for session, last in self._known.items():
+                if self._last_nr(session) < last:
+                    self._cache.set(f"n/{session}", last)
+
+    def replaced(self) -> bool:
+        """True if the folder's database is no longer the file this object opened.
+
+        (The folder was deleted, or another process set a corrupt database
+        aside.) SQLite would otherwise go on writing into a deleted file.
+        """
+        return _file_id(self._path) != self._db_id
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[None]:
@@ -329,18 +547,161 @@ class Queue:
         with _fork_gate, self._cache.transact():
             yield
 
+    def _sql(self, statement: str, params: Sequence[Any] = ()) -> list[Any]:
+        # diskcache has no range query; its own table and index serve one
+        # (the unique index on (key, raw) orders str keys).
+        rows: list[Any] = self._cache._sql(statement, params).fetchall()
+        return rows
+
+    def _range(self, lo: str, hi: str, limit: int = _PAGE) -> list[str]:
+        """Up to ``limit`` str keys ``k`` with ``lo < k < hi``, in order."""
+        rows = self._sql(
+            "SELECT key FROM Cache WHERE key > ? AND key < ? AND raw = 1 ORDER BY key LIMIT ?",
+            (lo, hi, limit),
+        )
+        return [key for (key,) in rows]
+
+    def _keys_with(self, prefix: str) -> Iterator[str]:
+        lo, hi = prefix, _after(prefix)
+        while True:
+            keys = self._range(lo, hi, 256)
+            yield from keys
+            if len(keys) < 256:
+                return
+            lo = keys[-1]
+
+    # -- counters ----------------------------------------------------------------
+
+    def _int(self, key: str, default: int = 0) -> int | None:
+        """An int row, or None if the row holds something else (tampering)."""
+        try:
+            value = self._cache.get(key, default)
+        except QueueCorrupt:
+            return None
+        return value if type(value) is int else None
+
+    def _counter(self, key: str) -> int:
+        value = self._int(key)
+        if value is None:
+            with self._transaction():
+                self._rebuild_counters()
+            value = self._int(key)
+        return value or 0
+
+    def _bump(self, pending: int = 0, size: int = 0, rejected: int = 0, aside: int = 0) -> None:
+        """Add to the counters (inside a transaction, after the rows changed)."""
+        try:
+            for key, delta in (
+                (_PENDING, pending),
+                (_PENDING_BYTES, size),
+                (_REJECTED, rejected),
+                (_ASIDE, aside),
+            ):
+                if delta:
+                    self._cache.incr(key, delta)
+        except (QueueCorrupt, TypeError):
+            self._rebuild_counters()
+
+    def _rebuild_counters(self) -> None:
+        """Count again what the rows hold (inside a transaction): a counter was unreadable."""
+        pending = size = rejected = aside = 0
+        rows = self._sql(
+            "SELECT key, length(value) FROM Cache WHERE key > 'e/' AND key < 'e0' AND raw = 1"
+        )
+        for key, length in rows:
+            parsed = _parsed(key)
+            if parsed is not None:
+                pending += parsed[3]
+                size += length or 0
+        rejected = sum(1 for _ in self._keys_with("r/"))
+        aside = sum(1 for _ in self._keys_with("x/"))
+        for key, value in (
+            (_PENDING, pending),
+            (_PENDING_BYTES, size),
+            (_REJECTED, rejected),
+            (_ASIDE, aside),
+        ):
+            self._cache.set(key, value)
+        if self._int(_LAST_SYNC) is None:
+            self._cache.set(_LAST_SYNC, _now_ms())
+        self._notify(f"rebuilt the counters of the queue in {self.directory} from its rows")
+
+    def _last_nr(self, session: str) -> int:
+        """The session's last nr: its counter, else the highest stored or known (never less)."""
+        value = self._int(f"n/{session}")
+        highest = self._known.get(session, 0)
+        if value is None:
+            for prefix in (f"e/{session}/", f"r/{session}/", f"x/e/{session}/"):
+                for key in self._keys_with(prefix):
+                    parsed = _parsed(key.removeprefix("x/"))
+                    if parsed is not None:
+                        highest = max(highest, parsed[2] + parsed[3] - 1)
+            return highest
+        return max(value, highest)
+
     # -- writing ---------------------------------------------------------------
 
     @_gated
-    def register_header(self, session: str, header: bytes) -> str:
-        """Store a session's collection header; return its id for :meth:`append`."""
-        hid = md5hex(header)[:8]
+    def register_header(self, session: str, header: bytes, destination: str | None = None) -> str:
+        """Store a session's collection header; return its id for :meth:`append`.
+
+        ``destination`` names the collector and key the events are for; only
+        a sender for that destination claims them.
+        """
+        if destination is None:
+            hid = md5hex(header)[:8]
+        else:
+            hid = md5hex(destination.encode() + b"\0" + header)[:8]
+            self._cache.add(f"d/{session}/{hid}", destination)
         self._cache.add(f"h/{session}/{hid}", header)
+        # Known good from here on: a row of it damaged later is not a reason
+        # to set this process's own events aside.
+        self._headers[(session, hid)] = self._registered[(session, hid)] = (header, destination)
         return hid
+
+    def _check_space(self) -> None:
+        """Refuse to write under ``min_free_bytes`` free (SQLite's free pages count as free)."""
+        if not self.min_free_bytes:
+            return
+        st = os.statvfs(self.directory)
+        free = st.f_bavail * st.f_frsize
+        if free >= self.min_free_bytes:
+            return
+        ((pages,),) = self._sql("PRAGMA freelist_count")
+        ((page_size,),) = self._sql("PRAGMA page_size")
+        if free + pages * page_size < self.min_free_bytes:
+            raise DiskSpaceLow(
+                f"only {free // 1024} KiB free on the disk of {self.directory}, under the "
+                f"{self.min_free_bytes // 1024} KiB floor (min_free_bytes): new events are "
+                "not stored until space is freed"
+            )
+
+    @contextlib.contextmanager
+    def _busy_timeout(self, seconds: float | None) -> Iterator[None]:
+        """Wait at most ``seconds`` for another process's write lock (this thread's connection)."""
+        if seconds is None:
+            yield
+            return
+        self._sql(f"PRAGMA busy_timeout = {max(0, int(seconds * 1000))}")
+        try:
+            yield
+        except diskcache.Timeout:
+            raise QueueBusy(
+                f"the queue database in {self.directory} was locked by another process "
+                f"for over {seconds:g} s"
+            ) from None
+        finally:
+            self._sql(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
 
     @_gated
     def append(
-        self, session: str, hid: str, events: Sequence[Event], default_ip: bytes | None = None
+        self,
+        session: str,
+        hid: str,
+        events: Sequence[Event],
+        default_ip: bytes | None = None,
+        *,
+        busy_timeout: float | None = None,
     ) -> Appended:
         """Number and store ``events``.
 
@@ -353,46 +714,61 @@ class Queue:
         that do not fit are refused and counted in ``Appended.dropped``:
         new events are refused rather than old ones deleted, so what is
         stored stays until the collector has it.
+
+        Raises :class:`DiskSpaceLow` under the free-space floor and
+        :class:`QueueBusy` when another process holds the write lock for
+        more than ``busy_timeout`` seconds (None: the queue's ``timeout``).
         """
         cache = self._cache
-        with self._transaction():
-            room = self.max_events - int(cache.get(_PENDING, 0))
-            room_bytes = self.max_bytes - int(cache.get(_PENDING_BYTES, 0))
-            count = max(0, min(len(events), room))
-            first = int(cache.get(f"n/{session}", 0)) + 1
-            if count:
-                if first + count - 1 > UINT32_MAX:
-                    raise OverflowError(f"session {session} has used every nr up to {UINT32_MAX}")
-                cache.set(f"n/{session}", first + count - 1)
-        frames = encode_payloads(events[:count], first, default_ip)
-        size = 0
-        for i, frame in enumerate(frames):
-            size += len(frame)
-            if size > room_bytes:
-                del frames[i:]
-                size -= len(frame)
-                break
-        if frames:
+        self._check_space()
+        with self._busy_timeout(busy_timeout):
             with self._transaction():
-                if not self._extend_tail(session, hid, first, frames, size):
-                    self._put_chunks(session, hid, first, frames)
-                cache.incr(_PENDING, len(frames))
-                cache.incr(_PENDING_BYTES, size)
+                room = self.max_events - self._counter(_PENDING)
+                room_bytes = self.max_bytes - self._counter(_PENDING_BYTES)
+                count = max(0, min(len(events), room))
+                first = self._last_nr(session) + 1
+                if count:
+                    if first + count - 1 > UINT32_MAX:
+                        raise OverflowError(
+                            f"session {session} has used every nr up to {UINT32_MAX}"
+                        )
+                    cache.set(f"n/{session}", first + count - 1)
+                    self._known[session] = first + count - 1
+            frames = encode_payloads(events[:count], first, default_ip)
+            size = 0
+            for i, frame in enumerate(frames):
+                size += len(frame)
+                if size > room_bytes:
+                    del frames[i:]
+                    size -= len(frame)
+                    break
+            if frames:
+                with self._transaction():
+                    if not self._extend_tail(session, hid, first, frames, size):
+                        self._put_chunks(session, hid, first, frames)
+                    self._bump(pending=len(frames), size=size)
         return Appended(first, first + len(frames) - 1, len(frames), len(events) - len(frames))
 
-    def _put_chunks(self, session: str, hid: str, first_nr: int, frames: Sequence[bytes]) -> None:
+    def _put_chunks(
+        self, session: str, hid: str, first_nr: int, frames: Sequence[bytes], attempts: int = 0
+    ) -> None:
         """Store frames numbered from ``first_nr`` on, in chunks of bounded size."""
         start = size = 0
+        cache = self._cache
         for i, frame in enumerate(frames):
             if i > start and (
                 i - start >= self.chunk_events or size + len(frame) > self.chunk_bytes
             ):
                 key = _chunk_key(session, hid, first_nr + start, i - start)
-                self._cache.set(key, b"".join(frames[start:i]))
+                cache.set(key, b"".join(frames[start:i]))
+                if attempts:
+                    cache.set("m/" + key, attempts)
                 start, size = i, 0
             size += len(frame)
         key = _chunk_key(session, hid, first_nr + start, len(frames) - start)
-        self._cache.set(key, b"".join(frames[start:]))
+        cache.set(key, b"".join(frames[start:]))
+        if attempts:
+            cache.set("m/" + key, attempts)
         self._tail = (key, size)
 
     def _extend_tail(
@@ -421,7 +797,10 @@ class Queue:
             and cache.get("m/" + key) is None
         ):
             return False
-        old = cache.get(key)
+        try:
+            old = cache.get(key)
+        except QueueCorrupt:
+            return False
         if not isinstance(old, bytes):  # sent and deleted meanwhile
             return False
         cache.delete(key)
@@ -430,7 +809,121 @@ class Queue:
         self._tail = (new_key, old_size + size)
         return True
 
+    # -- rows that cannot be used --------------------------------------------------
+
+    def _raw(self, key: str) -> bytes:
+        """A row's stored bytes, whatever they are, without unpickling anything."""
+        rows = self._sql("SELECT filename, value FROM Cache WHERE key = ? AND raw = 1", (key,))
+        if not rows:
+            return b""
+        filename, value = rows[0]
+        if filename:
+            with (
+                contextlib.suppress(OSError),
+                open(os.path.join(self.directory, filename), "rb") as f,
+            ):
+                return f.read(1 << 24)
+            return b""
+        if isinstance(value, bytes):
+            return value
+        return str(value).encode("utf-8", "replace")
+
+    def _set_aside(self, key: str, why: str, say: bool = True) -> None:
+        """Move one row to ``x/`` (inside a transaction), with its lease and attempts."""
+        self._cache.set("x/" + key, self._raw(key))
+        for name in (key, "l/" + key, "m/" + key):
+            self._cache.delete(name)
+        self._damaged = True
+        if say:
+            self._notify(
+                f"set aside an unusable row of the queue in {self.directory} ({key}: {why}); "
+                "the rest is sent as usual (see `hamustro-logging status`)"
+            )
+
+    def _set_group_aside(self, session: str, hid: str, why: str) -> None:
+        keys = list(self._keys_with(f"e/{session}/{hid}/"))
+        for key in keys:
+            self._set_aside(key, why, say=False)
+        for key in (f"h/{session}/{hid}", f"d/{session}/{hid}"):
+            if self._sql("SELECT 1 FROM Cache WHERE key = ? AND raw = 1", (key,)):
+                self._cache.set("x/" + key, self._raw(key))
+                self._cache.delete(key)
+        self._notify(
+            f"set aside {len(keys)} chunks of session {session} in the queue in "
+            f"{self.directory}: {why}; the rest is sent as usual (see `hamustro-logging status`)"
+        )
+
+    def _group(self, session: str, hid: str) -> tuple[bytes, str | None] | None:
+        """A group's header and destination, or None (and the group set aside) if unusable."""
+        known = self._headers.get((session, hid))
+        if known is not None:
+            return known
+        cache = self._cache
+        try:
+            header = cache.get(f"h/{session}/{hid}")
+            destination = cache.get(f"d/{session}/{hid}")
+        except QueueCorrupt:
+            header = destination = None
+        if isinstance(header, bytes) and (destination is None or isinstance(destination, str)):
+            data = header if destination is None else destination.encode() + b"\0" + header
+            if md5hex(data)[:8] == hid:
+                self._headers[(session, hid)] = (header, destination)
+                return header, destination
+            why = "its header does not match its hash"
+        else:
+            why = "its header is missing or unreadable"
+        self._set_group_aside(session, hid, why)
+        return None
+
+    def _chunk(self, key: str, n: int) -> bytes | None:
+        """A chunk's bytes, or None (and the chunk set aside) if they are not ``n`` payloads."""
+        try:
+            value = self._cache.get(key)
+        except QueueCorrupt:
+            value = None
+        if value is None and not self._sql("SELECT 1 FROM Cache WHERE key = ?", (key,)):
+            return None  # deleted meanwhile
+        if isinstance(value, bytes) and _frame_count(value) == n:
+            return value
+        self._set_aside(key, "not a run of payloads")
+        return None
+
     # -- sending ---------------------------------------------------------------
+
+    def _claimable(
+        self, session: str, hid: str, destination: str | None, skip: Container[str]
+    ) -> bool:
+        """Whether a group may be claimed now by a sender for ``destination``."""
+        if session in skip:
+            return False
+        info = self._group(session, hid)
+        if info is None:
+            return False
+        if destination is None or info[1] is None or info[1] == destination:
+            return True
+        if (session, hid) not in self._foreign:
+            self._foreign.add((session, hid))
+            self._notify(
+                f"the queue in {self.directory} also holds events of session {session} logged "
+                "for another collector or key; they wait for a sender configured for it "
+                "(is queue_dir shared by two configurations?)"
+            )
+        return False
+
+    def _lease_free(self, key: str, now_ms: int, gone: dict[str, bool]) -> bool:
+        try:
+            value = self._cache.get("l/" + key)
+        except QueueCorrupt:
+            return True
+        if not isinstance(value, str):
+            return True
+        token, _, expiry = value.rpartition("|")
+        if not expiry.isdigit() or int(expiry) <= now_ms:
+            return True
+        owner = _token_owner(token)
+        if owner not in gone:
+            gone[owner] = _owner_gone(owner)
+        return gone[owner]
 
     @_gated
     def claim(
@@ -438,67 +931,109 @@ class Queue:
         owner: str,
         lease_seconds: float,
         max_events: int = 500,
-        max_bytes: int = 512 * 1024,
+        max_bytes: int = 64 * 1024,
+        *,
+        destination: str | None = None,
+        skip: Container[str] = (),
     ) -> Batch | None:
-        """Lease the oldest unleased chunks of one session, up to the limits.
+        """Lease unleased chunks of one group (session and header), up to the limits.
 
-        Returns ``None`` when nothing is left to claim. The lease is a key
-        that expires by itself after ``lease_seconds``: a process that dies
-        mid-send strands nothing, its chunks are claimable again later. At
-        least one chunk is claimed even if it alone exceeds a limit.
+        Groups take turns: the search starts after the group this object
+        claimed last and wraps around. Skipped: groups of a session in
+        ``skip`` (the caller holds them back), groups logged for another
+        ``destination`` (when given; groups written before destinations
+        existed go to any sender), chunks leased by a live sender. Returns
+        ``None`` when nothing is left to claim. At least one chunk is
+        claimed even if it alone exceeds a limit.
         """
         cache = self._cache
         token = f"{owner}/{time.time_ns()}"
+        now = _now_ms()
+        gone: dict[str, bool] = {}
         keys: list[str] = []
         data: list[bytes] = []
         count = size = 0
         group: tuple[str, str] | None = None
+        header = b""
+        self._damaged = False
         with self._transaction():
-            for key in cache.iterkeys():
-                if not isinstance(key, str) or not key.startswith("e/"):
+            for lo, hi in ((self._cursor, "e0"), ("e/", self._cursor)):
+                done = False
+                while not done:
+                    page = self._range(lo, hi)
+                    if not page:
+                        break
+                    lo = page[-1]
+                    for key in page:
+                        parsed = _parsed(key)
+                        if parsed is None:
+                            self._set_aside(key, "not a key this library writes")
+                            continue
+                        session, hid, _, n = parsed
+                        if group is not None and (session, hid) != group:
+                            done = True
+                            break
+                        if group is None and not self._claimable(session, hid, destination, skip):
+                            lo = f"e/{session}/{hid}0"  # on to the next group
+                            break
+                        if not self._lease_free(key, now, gone):
+                            continue
+                        value = self._chunk(key, n)
+                        if value is None:
+                            continue
+                        if keys and (count + n > max_events or size + len(value) > max_bytes):
+                            done = True
+                            break
+                        if group is None:
+                            group, header = (session, hid), self._headers[(session, hid)][0]
+                        keys.append(key)
+                        data.append(value)
+                        count += n
+                        size += len(value)
+                    else:
+                        done = len(page) < _PAGE
+                if group is not None:
                     break
-                session, hid, _, n = _parse_chunk_key(key)
-                if group is not None and (session, hid) != group:
-                    break
-                if cache.get("l/" + key) is not None:
-                    continue
-                value = cache.get(key)
-                if not isinstance(value, bytes):
-                    continue  # deleted meanwhile
-                if keys and (count + n > max_events or size + len(value) > max_bytes):
-                    break
-                group = (session, hid)
-                keys.append(key)
-                data.append(value)
-                count += n
-                size += len(value)
+            if self._damaged:  # rows were set aside: count what is left
+                self._rebuild_counters()
             if group is None:
                 return None
-            header = cache.get(f"h/{group[0]}/{group[1]}")
-            if not isinstance(header, bytes):
-                raise QueueCorrupt(f"queue has events of session {group[0]} but no header for them")
+            expiry = now + int(lease_seconds * 1000)
             for key in keys:
-                cache.set("l/" + key, token, expire=lease_seconds)
-        return Batch(group[0], tuple(keys), header, b"".join(data), count, token)
+                cache.set("l/" + key, f"{token}|{expiry}")
+                # An attempt, counted before the request goes out.
+                cache.set("m/" + key, (self._int("m/" + key) or 0) + 1)
+            self._cursor = f"e/{group[0]}/{group[1]}0"
+        return Batch(group[0], group[1], tuple(keys), header, b"".join(data), count, token)
+
+    def _mine(self, key: str, token: str) -> bool:
+        try:
+            value = self._cache.get("l/" + key)
+        except QueueCorrupt:
+            return False
+        return isinstance(value, str) and value.rpartition("|")[0] == token
 
     @_gated
     def ack(self, batch: Batch) -> Settled:
         """Delete a batch after the collector answered 200.
 
-        Only chunks whose lease is still ``batch.token`` are deleted: if the
-        lease expired and another sender took a chunk over, that sender owns
-        it now.
+        Only chunks whose lease still carries ``batch.token`` are deleted: if
+        another sender took a chunk over after our lease ran out, that sender
+        owns it now (and its delivery will count as a resend).
         """
         return self.settle(batch, [True] * batch.count)
 
     @_gated
-    def settle(self, batch: Batch, verdicts: Sequence[bool | None]) -> Settled:
+    def settle(
+        self, batch: Batch, verdicts: Sequence[bool | None], kept_maybe_sent: bool = False
+    ) -> Settled:
         """Apply a verdict per payload of ``batch`` (in order), in one transaction.
 
-        True: delivered, deleted. False: refused by the collector (400),
-        moved to the rejected area (kept on disk, see :meth:`retry_rejected`).
-        None: not known, stored again as pending. Chunks whose lease is no
-        longer ours are left alone.
+        True: delivered, deleted. False: refused by the collector, moved to
+        the rejected area (kept on disk, see :meth:`retry_rejected`). None:
+        not known, stored again as pending (``kept_maybe_sent``: the last
+        request that carried them may have reached the collector). Chunks
+        whose lease is no longer ours are left alone.
         """
         cache = self._cache
         sent = resent = rejected = freed = 0
@@ -506,11 +1041,10 @@ class Queue:
         with self._transaction():
             for key in batch.keys:
                 session, hid, _, n = _parse_chunk_key(key)
-                mine = cache.get("l/" + key) == batch.token
                 chunk = [next(frames) for _ in range(n)]
-                if not mine:
+                if not self._mine(key, batch.token):
                     continue
-                was_sent = cache.get("m/" + key) is not None
+                attempts = self._int("m/" + key) or 1
                 for key_ in (key, "l/" + key, "m/" + key):
                     cache.delete(key_)
                 keep: list[tuple[int, bytes]] = []
@@ -521,52 +1055,80 @@ class Queue:
                     freed += len(frame)
                     if verdict:
                         sent += 1
-                        resent += was_sent
+                        resent += attempts > 1
                     else:
                         rejected += 1
                         cache.set(f"r/{session}/{hid}/{nr:010d}/1", frame)
+                kept_attempts = attempts if kept_maybe_sent else attempts - 1
                 for run_first, run in _runs(keep):
-                    self._put_chunks(session, hid, run_first, run)
+                    self._put_chunks(session, hid, run_first, run, kept_attempts)
             if sent + rejected:
-                cache.incr(_PENDING, -(sent + rejected))
-                cache.incr(_PENDING_BYTES, -freed)
-            if rejected:
-                cache.incr(_REJECTED, rejected)
+                self._bump(pending=-(sent + rejected), size=-freed, rejected=rejected)
             if sent:
                 cache.set(_LAST_SYNC, _now_ms())
         return Settled(sent, resent, rejected)
 
     @_gated
     def release(self, batch: Batch, maybe_sent: bool = False) -> None:
-        """Give a batch back unsent (any answer but 200): drop our leases only.
+        """Give a batch back unsent (any answer but 200): drop our leases.
 
         ``maybe_sent``: the request went out but no answer came (a timeout or
-        a reset), so the collector may have stored it; a later delivery of
-        these chunks is then counted as a resend.
+        a reset), so the collector may have stored it; the attempt the claim
+        counted stays, and a later delivery counts as a resend. Otherwise the
+        attempt is taken back.
         """
         cache = self._cache
         with self._transaction():
             for key in batch.keys:
-                if cache.get("l/" + key) == batch.token:
+                if self._mine(key, batch.token):
                     cache.delete("l/" + key)
-                    if maybe_sent:
-                        cache.set("m/" + key, 1)
+                    if not maybe_sent:
+                        attempts = (self._int("m/" + key) or 1) - 1
+                        if attempts > 0:
+                            cache.set("m/" + key, attempts)
+                        else:
+                            cache.delete("m/" + key)
 
     @_gated
     def renew(self, batch: Batch, lease_seconds: float) -> None:
         """Extend our leases on ``batch`` (a long bisection needs more time)."""
         cache = self._cache
+        expiry = _now_ms() + int(lease_seconds * 1000)
         with self._transaction():
             for key in batch.keys:
-                if cache.get("l/" + key) == batch.token:
-                    cache.set("l/" + key, batch.token, expire=lease_seconds)
+                if self._mine(key, batch.token):
+                    cache.set("l/" + key, f"{batch.token}|{expiry}")
 
-    # -- the rejected area -----------------------------------------------------
+    @_gated
+    def give_back(self, owner: str) -> int:
+        """Drop every lease ``owner`` holds (it stops with a request in flight); return how many.
+
+        The attempts stay counted: those requests may still reach the collector.
+        """
+        freed = 0
+        cache = self._cache
+        with self._transaction():
+            for key in list(self._keys_with("l/")):
+                try:
+                    value = cache.get(key)
+                except QueueCorrupt:
+                    value = None
+                if isinstance(value, str) and _token_owner(value.rpartition("|")[0]) == owner:
+                    cache.delete(key)
+                    freed += 1
+        return freed
+
+    # -- the rejected area and rows set aside ----------------------------------
 
     @_gated
     def rejected_count(self) -> int:
-        """Events set aside after the collector refused them (400)."""
-        return int(self._cache.get(_REJECTED, 0))
+        """Events set aside after the collector refused them (400, 413)."""
+        return self._counter(_REJECTED)
+
+    @_gated
+    def aside_count(self) -> int:
+        """Rows moved to ``x/`` because they could not be used."""
+        return self._counter(_ASIDE)
 
     @_gated
     def retry_rejected(self) -> int:
@@ -582,70 +1144,174 @@ class Queue:
                     moved += 1
                     freed += len(value)
             if moved:
-                cache.incr(_REJECTED, -moved)
-                cache.incr(_PENDING, moved)
-                cache.incr(_PENDING_BYTES, freed)
+                self._bump(pending=moved, size=freed, rejected=-moved)
         return moved
 
+    @_gated
     def iter_events(self, rejected: bool = False) -> Iterator[tuple[str, bytes, int, bytes]]:
         """(session, header, nr, framed payload) of every pending (or rejected) event."""
         prefix = "r/" if rejected else "e/"
-        for key in self._keys_with(prefix):
-            session, hid, first, _ = _parse_chunk_key(key)
-            value, header = self._get(key), self._get(f"h/{session}/{hid}")
-            if not isinstance(value, bytes) or not isinstance(header, bytes):
+        out: list[tuple[str, bytes, int, bytes]] = []
+        for key in list(self._keys_with(prefix)):
+            parsed = _parsed(key)
+            if parsed is None:
                 continue
-            for i, frame in enumerate(iter_frames(value)):
-                yield session, header, first + i, frame
+            session, hid, first, _ = parsed
+            try:
+                value, header = self._cache.get(key), self._cache.get(f"h/{session}/{hid}")
+                frames = list(iter_frames(value)) if isinstance(value, bytes) else []
+            except (QueueCorrupt, ValueError, IndexError):
+                continue
+            if isinstance(header, bytes):
+                out.extend((session, header, first + i, f) for i, f in enumerate(frames))
+        return iter(out)
+
+    @_gated
+    def iter_aside(self) -> Iterator[tuple[str, bytes]]:
+        """(original key, raw bytes) of every row set aside."""
+        return iter([(key[2:], self._raw(key)) for key in list(self._keys_with("x/"))])
 
     # -- reading ---------------------------------------------------------------
 
     @_gated
     def pending_count(self) -> int:
         """Unsent events (leased ones included)."""
-        return int(self._cache.get(_PENDING, 0))
+        return self._counter(_PENDING)
 
     @_gated
     def pending_bytes(self) -> int:
         """Bytes of the unsent payloads."""
-        return int(self._cache.get(_PENDING_BYTES, 0))
+        return self._counter(_PENDING_BYTES)
 
     @_gated
     def last_sync(self) -> float:
         """Epoch seconds of the last 200 (or of the queue's creation)."""
-        return int(self._cache.get(_LAST_SYNC, 0)) / 1000
+        value = self._int(_LAST_SYNC)
+        if value is None:
+            with self._transaction():
+                self._rebuild_counters()
+            value = self._int(_LAST_SYNC)
+        return (value or 0) / 1000
 
     @_gated
     def last_numbers(self) -> dict[str, int]:
         """The last ``nr`` given in every session this folder has seen."""
-        return {key[2:]: int(self._cache.get(key, 0)) for key in self._keys_with("n/")}
+        return {key[2:]: self._last_nr(key[2:]) for key in list(self._keys_with("n/"))}
+
+    @_gated
+    def unsent_ranges(self, session: str) -> list[tuple[int, int]]:
+        """(first nr, last nr) of every unsent chunk of ``session`` (leased ones included)."""
+        out = []
+        for key in list(self._keys_with(f"e/{session}/")):
+            parsed = _parsed(key)
+            if parsed is not None:
+                out.append((parsed[2], parsed[2] + parsed[3] - 1))
+        return out
 
     @_gated
     def sessions(self) -> list[SessionInfo]:
         """Per session: unsent and leased events, bytes and the oldest ``nr``."""
         out: dict[str, list[int]] = {}
-        for key in self._keys_with("e/"):
-            session, _, first_nr, n = _parse_chunk_key(key)
+        now, gone = _now_ms(), dict[str, bool]()
+        rows = self._sql(
+            "SELECT key, length(value) FROM Cache WHERE key > 'e/' AND key < 'e0' AND raw = 1"
+        )
+        for key, length in rows:
+            parsed = _parsed(key)
+            if parsed is None:
+                continue
+            session, _, first_nr, n = parsed
             info = out.setdefault(session, [0, 0, 0, first_nr])
             info[0] += n
-            if self._cache.get("l/" + key) is not None:
+            if not self._lease_free(key, now, gone):
                 info[1] += n
-            value = self._cache.get(key)
-            info[2] += len(value) if isinstance(value, bytes) else 0
+            info[2] += length or 0
             info[3] = min(info[3], first_nr)
         return [SessionInfo(s, *v) for s, v in out.items()]
-
-    @_gated
-    def _keys_with(self, prefix: str) -> list[str]:
-        # iterkeys pages through the index 100 keys at a time; only the keys
-        # are kept (a chunk key per up to 500 events), never the values.
-        return [k for k in self._cache.iterkeys() if isinstance(k, str) and k.startswith(prefix)]
-
-    @_gated
-    def _get(self, key: str) -> Any:
-        return self._cache.get(key)
 
     @_gated
     def close(self) -> None:
         """Close this thread's SQLite connection (others close with their threads)."""
         self._cache.close()
+
+    # -- a database SQLite reports as corrupt ------------------------------------
+
+    def _salvage(self, error: str) -> None:
+        """Set a corrupt database aside and carry what can be read of it into a fresh one.
+
+        Under a lock on the folder, so two processes that notice together do
+        not each set aside the other's fresh database: the one that comes
+        second finds the file replaced and only reopens.
+        """
+        with _fork_gate, _folder_lock(self.directory):
+            with contextlib.suppress(Exception):
+                self._cache.close()
+            if _file_id(self._path) != self._db_id:
+                self._cache = self._open_cache()  # another process did it already
+                return
+            aside = f"{self._path}.corrupt-{time.time_ns()}"
+            for suffix in ("", "-wal", "-shm"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.replace(self._path + suffix, aside + suffix)
+            self._cache = self._open_cache()
+            self._headers.clear()
+            self._tail = None
+            carried = self._carry_rows(aside)
+            self._carry_numbers()
+            for (session, _), (header, destination) in list(self._registered.items()):
+                self.register_header(session, header, destination)
+        self._notify(
+            f"the queue database in {self.directory} is corrupt ({error}); set it aside as "
+            f"{os.path.basename(aside)} and carried {carried} readable rows into a new one"
+        )
+
+    def _carry_rows(self, path: str) -> int:
+        """Copy every readable row of ours from the database at ``path``; return how many."""
+        rows: list[tuple[str, Any]] = []
+        try:
+            con = sqlite3.connect(path, timeout=self.timeout)
+        except sqlite3.Error:
+            return 0
+        with contextlib.closing(con):
+            last, step = 0, 1
+            for _ in range(100_000):  # a bounded walk past damaged pages
+                try:
+                    page = con.execute(
+                        "SELECT rowid, key, raw, mode, value FROM Cache WHERE rowid > ? "
+                        "ORDER BY rowid LIMIT 500",
+                        (last,),
+                    ).fetchall()
+                except sqlite3.Error:
+                    last, step = last + step, step * 2
+                    if last > 1 << 40:
+                        break
+                    continue
+                if not page:
+                    break
+                step = 1
+                last = page[-1][0]
+                rows.extend(
+                    (key, value)
+                    for _, key, raw, mode, value in page
+                    if raw == 1
+                    and mode == diskcache.core.MODE_RAW
+                    and isinstance(key, str)
+                    and key[:2] in KEY_PREFIXES
+                    and not key.startswith("s/")  # counters: rebuilt from the rows
+                    and isinstance(value, (bytes, str, int))
+                )
+        with self._transaction():
+            for key, value in rows:
+                if key.startswith("n/"):
+                    session = key[2:]
+                    if isinstance(value, int):
+                        self._known[session] = max(self._known.get(session, 0), value)
+                    continue
+                self._cache.set(key, value)
+            for key in list(self._keys_with("e/")) + list(self._keys_with("r/")):
+                parsed = _parsed(key)
+                if parsed is not None:
+                    last_nr = parsed[2] + parsed[3] - 1
+                    self._known[parsed[0]] = max(self._known.get(parsed[0], 0), last_nr)
+            self._rebuild_counters()
+        return len(rows)

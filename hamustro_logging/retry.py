@@ -1,31 +1,88 @@
 """The retry policy, in one screen: what to do with each answer, and when to try again.
 
 Only a 200 deletes events (the spec: "do not remove the events receiving a
-different error code"). Everything else keeps them and waits before the next
-attempt; the limits are here, with their reasons.
+different error code"). A refusal of the body itself splits the batch; all
+else keeps the events and waits before the next attempt; the limits are
+here, with their reasons.
 """
 
 from __future__ import annotations
 
+import enum
 import random
 from dataclasses import dataclass
 
-from .transport import Answer
+from .transport import UNREACHABLE, Answer
 
-__all__ = ["Backoff", "explain"]
+__all__ = ["Action", "Backoff", "decide", "explain"]
+
+
+class Action(enum.Enum):
+    """What the sender does with a batch after an answer."""
+
+    DELIVERED = "delivered"  # delete the events
+    SPLIT = "split"  # send halves; a single event that still gets it is set aside
+    RETRY = "retry"  # keep everything, back off, send the same again
+
+
+def decide(answer: Answer) -> Action:
+    """The one place that maps an answer to what happens to the batch.
+
+    >>> decide(Answer(200)), decide(Answer(413)), decide(Answer(301))
+    (<Action.DELIVERED: 'delivered'>, <Action.SPLIT: 'split'>, <Action.RETRY: 'retry'>)
+    """
+    status = answer.status
+    # 200 is the only answer that means "stored" (collector.md); 204 is the
+    # collector's answer to an empty collection, which is never sent.
+    if status == 200:
+        return Action.DELIVERED
+    # 400: the collector refused this body (a bad event); 413: the body is
+    # too large for the collector or a proxy in front of it. Either way
+    # resending the same bytes cannot work, halves can, and the good events
+    # of the batch must not wait behind the bad one.
+    if status in (400, 413):
+        return Action.SPLIT
+    # Everything else keeps the events: 5xx and 429 (the collector is busy),
+    # 405 (a wrong secret), 3xx (the collector moved: redirects are never
+    # followed, since a POST repeated as a GET is no delivery), any other
+    # status, and no answer at all (the collector may have stored the batch,
+    # but only a 200 says so; a resend is counted as a possible duplicate).
+    return Action.RETRY
+
+
+def _is_redirect(answer: Answer) -> bool:
+    return answer.status is not None and 300 <= answer.status < 400
 
 
 def explain(answer: Answer) -> str:
-    """One line saying what an answer means and what to check."""
-    if answer.status is None:
-        return f"{answer.error}; is the collector running at that URL?"
-    if answer.status == 405:
+    """One line saying what an answer means and what to check.
+
+    Never the secret, never a URL's ``user:password@`` (``Answer.location``
+    comes without it).
+
+    >>> explain(Answer(301, location="https://other/api/v1/track"))
+    '301 redirect to https://other/api/v1/track: the collector moved; set collector_url to it'
+    """
+    status = answer.status
+    if status is None:
+        if answer.error in UNREACHABLE:
+            return f"{answer.error}; is the collector running at that URL?"
+        return f"{answer.error}"
+    if _is_redirect(answer):
+        if answer.location is None:
+            return f"{status} redirect without a Location: is collector_url the collector's URL?"
+        return (
+            f"{status} redirect to {answer.location}: the collector moved; set collector_url to it"
+        )
+    if status == 405:
         return "405: the collector refused the signature; check shared_secret_key"
-    if answer.status == 400:
+    if status == 400:
         return "400: the collector refused the collection as malformed"
-    if answer.status in (429, 503):
-        return f"{answer.status}: the collector is busy or shutting down"
-    return f"HTTP {answer.status}"
+    if status == 413:
+        return "413: the request body is too large for the collector or a proxy in front of it"
+    if status in (429, 503):
+        return f"{status}: the collector is busy or shutting down"
+    return f"HTTP {status}"
 
 
 @dataclass
@@ -41,8 +98,9 @@ class Backoff:
       failed together do not come back together.
     * ``Retry-After`` is a floor, itself capped at ``max_retry_after``
       (1 hour), so a wrong header cannot park the queue for days.
-    * 405 (wrong secret, almost always) starts at the cap: retrying fast
-      cannot help until someone fixes the configuration.
+    * 405 (wrong secret, almost always) and 3xx (the collector moved) start
+      at the cap: retrying fast cannot help until someone fixes the
+      configuration.
     """
 
     base: float = 1.0
@@ -53,7 +111,7 @@ class Backoff:
     def next_delay(self, answer: Answer) -> float:
         """Record a failure and return the seconds to wait before the next try."""
         self.failures += 1
-        if answer.status == 405:
+        if answer.status == 405 or _is_redirect(answer):
             delay = self.cap
         else:
             delay = min(self.cap, self.base * 2 ** min(self.failures - 1, 30))

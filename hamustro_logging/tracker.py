@@ -8,12 +8,10 @@ trigger fires, sends on the caller's thread.
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
 import os
 import re
 import socket
-import sqlite3
 import threading
 import time
 from collections.abc import Sequence
@@ -35,7 +33,8 @@ from .queue import Appended, Queue, QueueFull, SessionInfo
 from .report import Reporter
 from .retry import Backoff
 from .stats import Stats
-from .transport import Transport
+from .transport import Transport, track_url
+from .transport import _without_userinfo as without_userinfo
 from .wire import Event, collection_header, md5hex, session_id, sha256hex
 
 __all__ = ["TRACKER_OPTIONS", "ClientTracker", "default_queue_dir"]
@@ -56,37 +55,51 @@ TRACKER_OPTIONS: dict[str, Spec] = {
     "queue_dir": (str, None),
     "detect_ip": ("bool", True),
     "timeout": ("timeout", (3.05, 10.0)),
+    "request_timeout": (float, 30.0),  # connect + upload + wait, in all (Transport.max_duration)
     "verify": ("verify", True),
     # 500 a request: 2,000 measured about 20% faster end to end, but the longer
     # bursts of work on the handler's threads raised the application's emit
     # cost by a third (benchmarks/emit_cost.py, dead_collector.py); emit wins.
     "max_batch_events": (int, 500),
-    "max_batch_bytes": (int, 512 * 1024),
+    # 64 KiB a request: under every common proxy body limit (nginx's default
+    # is 1 MiB, some API gateways allow 100 KB); a 413 lowers it further.
+    "max_batch_bytes": (int, 64 * 1024),
     "max_event_bytes": (int, DEFAULT_MAX_EVENT_BYTES),
     "max_queue_events": (int, 10_000_000),
     "max_queue_bytes": (int, 1 << 30),
+    # Never take the last of the disk: below this much free space new events
+    # are refused (kept in memory by the handler), so that sending, which
+    # needs a little space for leases and deletes and frees the rest, works.
+    "min_free_bytes": (int, 64 << 20),
     "backoff_base": (float, 1.0),
     "backoff_cap": (float, 300.0),
 }
 
 
-def default_queue_dir(client_id: str) -> Path:
-    """``$XDG_CACHE_HOME/hamustro-logging/<client_id>`` (``~/.cache`` without it).
+def default_queue_dir(client_id: str, collector_url: str) -> Path:
+    """``$XDG_CACHE_HOME/hamustro-logging/<client_id>-<hash>`` (``~/.cache`` without it).
 
-    >>> default_queue_dir("my app/1").name
-    'my_app_1-2723e097'
+    The hash covers the client id and the collector's URL (without any
+    password), so a production and a staging app with the same client id on
+    one host never share a folder by default.
+
+    >>> default_queue_dir("my app/1", "https://collector.example").name
+    'my_app_1-74b2df29'
     """
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     safe = re.sub(r"[^A-Za-z0-9._-]", "_", client_id)[:64]
-    return Path(base) / "hamustro-logging" / f"{safe}-{md5hex(client_id)[:8]}"
+    key = f"{client_id}\n{without_userinfo(track_url(collector_url))}"
+    return Path(base) / "hamustro-logging" / f"{safe}-{md5hex(key)[:8]}"
 
 
-def _file_id(path: Path) -> tuple[int, int] | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st.st_dev, st.st_ino
+def destination_id(collector_url: str, shared_secret_key: str) -> str:
+    """Which collector and key a queued event is for (a one-way hash; the key is not in it).
+
+    Stored with every group of events, so a sender only sends what was
+    logged for its own collector and key.
+    """
+    secret_hash = sha256hex("hamustro-logging destination:" + shared_secret_key)
+    return md5hex(f"{without_userinfo(track_url(collector_url))}\n{secret_hash}")[:16]
 
 
 def _required(name: str, value: object) -> str:
@@ -122,6 +135,14 @@ def _count(name: str, value: object) -> int:
         raise TypeError(f"{name} must be int, got {type(value).__name__}")
     if value < 1:
         raise ValueError(f"{name} must be >= 1, got {value}")
+    return value
+
+
+def _size(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be int, got {type(value).__name__}")
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0, got {value}")
     return value
 
 
@@ -213,12 +234,14 @@ class ClientTracker:
         *,
         detect_ip: bool | None = None,
         timeout: float | Sequence[float] | None = None,
+        request_timeout: float | None = None,
         verify: bool | str | None = None,
         max_batch_events: int | None = None,
         max_batch_bytes: int | None = None,
         max_event_bytes: int | None = None,
         max_queue_events: int | None = None,
         max_queue_bytes: int | None = None,
+        min_free_bytes: int | None = None,
         backoff_base: float | None = None,
         backoff_cap: float | None = None,
         open_lazily: bool = False,
@@ -239,8 +262,10 @@ class ClientTracker:
         max_queue_events, max_queue_bytes = o["max_queue_events"], o["max_queue_bytes"]
         backoff_base, backoff_cap = o["backoff_base"], o["backoff_cap"]
         url = _required("collector_url", collector_url)
-        if urlsplit(url).scheme not in ("http", "https"):
-            raise ValueError(f"collector_url must be an http:// or https:// URL, got {url!r}")
+        scheme = urlsplit(url).scheme
+        if scheme not in ("http", "https"):  # never the URL in the message: it may hold a password
+            got = f"scheme {scheme!r}" if scheme else "no scheme"
+            raise ValueError(f"collector_url must be an http:// or https:// URL, got {got}")
         secret = _required("shared_secret_key", shared_secret_key)
         self.device_id = sha256hex(_required("device_id", device_id))
         self.client_id = _required("client_id", client_id)
@@ -257,19 +282,30 @@ class ClientTracker:
             raise TypeError(f"verify must be bool or a CA bundle path, got {type(verify).__name__}")
 
         self.session = self.generate_session()
-        self.queue_dir = Path(queue_dir) if queue_dir is not None else default_queue_dir(client_id)
+        self.queue_dir = (
+            Path(queue_dir) if queue_dir is not None else default_queue_dir(client_id, url)
+        )
         self.max_batch_events = _count("max_batch_events", max_batch_events)
-        self._queue_options = {
-            "chunk_events": _count("max_batch_events", max_batch_events),
-            "chunk_bytes": _count("max_batch_bytes", max_batch_bytes),
+        self.max_batch_bytes = _count("max_batch_bytes", max_batch_bytes)
+        self._queue_options: dict[str, Any] = {
+            "chunk_events": self.max_batch_events,
+            # Two chunks make a request: what a claim takes stays near the limit.
+            "chunk_bytes": max(1, self.max_batch_bytes // 2),
             "max_events": _count("max_queue_events", max_queue_events),
             "max_bytes": _count("max_queue_bytes", max_queue_bytes),
+            "min_free_bytes": _size("min_free_bytes", o["min_free_bytes"]),
         }
+        self.destination = destination_id(url, secret)
+        #: The last nr this tracker handed out per session: carried into a new
+        #: database if the folder is deleted or a corrupt one is set aside.
+        self._numbers: dict[str, int] = {}
+        self.storage_problem: str | None = None  # the last store's failure, until one succeeds
         self._header = collection_header(
             self.device_id, self.client_id, self.session, self.system_version,
             self.product_version, self.system, self.product_git_hash,
         )  # fmt: skip
         self._transport_options: dict[str, Any] = {"timeout": _timeout(timeout), "verify": verify}
+        self._transport_options["request_timeout"] = o["request_timeout"]
         self._url = url
         self._backoff = Backoff(
             base=_seconds("backoff_base", backoff_base),
@@ -290,13 +326,12 @@ class ClientTracker:
         even try now; the first use opens it.
         """
         self._queue: Queue | None = None
-        self._db_id: tuple[int, int] | None = None
         self._store_lock = threading.Lock()
         self.transport = Transport(self._url, self._secret, **self._transport_options)
         self.delivery = Delivery(
             lambda: self.queue, self.transport, self.reporter, self.stats_counters,
-            max_batch_events=self._queue_options["chunk_events"],
-            max_batch_bytes=self._queue_options["chunk_bytes"] * 2, backoff=self._backoff,
+            max_batch_events=self.max_batch_events, max_batch_bytes=self.max_batch_bytes,
+            backoff=self._backoff, destination=self.destination,
         )  # fmt: skip
         if defer:
             return
@@ -308,24 +343,14 @@ class ClientTracker:
             self.reporter.problem("store", f"cannot open the queue in {self.queue_dir}: {exc!r}")
 
     def _open_queue(self) -> Queue:
-        """Open the folder's queue; a database file that is not one is set aside."""
-        try:
-            queue = Queue(self.queue_dir, **self._queue_options)
-        except sqlite3.DatabaseError as exc:
-            if isinstance(exc, sqlite3.OperationalError):
-                raise  # locked, unwritable, disk full: not corruption; retried later
-            aside = self.queue_dir / f"cache.db.corrupt-{int(time.time())}"
-            os.replace(self.queue_dir / "cache.db", aside)
-            for suffix in ("-wal", "-shm"):
-                with contextlib.suppress(FileNotFoundError):
-                    os.remove(self.queue_dir / f"cache.db{suffix}")
-            self.reporter.once(
-                f"the queue database in {self.queue_dir} is corrupt ({exc}); "
-                f"moved it to {aside.name} and started a new one"
-            )
-            queue = Queue(self.queue_dir, **self._queue_options)
-        self._hid = queue.register_header(self.session, self._header)
-        self._db_id = _file_id(self.queue_dir / "cache.db")
+        """Open the folder's queue (numbering goes on after every number handed out)."""
+        queue = Queue(
+            self.queue_dir,
+            carry_numbers=self._numbers,
+            notify=self.reporter.once,
+            **self._queue_options,
+        )
+        self._hid = queue.register_header(self.session, self._header, self.destination)
         self._queue = queue
         return queue
 
@@ -337,9 +362,12 @@ class ClientTracker:
         event after the deletion would be lost at the next start.
         """
         queue = self._queue
-        if queue is None or _file_id(self.queue_dir / "cache.db") != self._db_id:
+        if queue is None or queue.replaced():
             if queue is not None:
-                self.reporter.once(f"the queue in {self.queue_dir} was removed; opening a new one")
+                self.reporter.once(
+                    f"the queue in {self.queue_dir} was removed or replaced; opening a new one "
+                    "(numbering goes on after the numbers already given)"
+                )
                 queue.close()
             queue = self._open_queue()
         return queue
@@ -405,18 +433,31 @@ class ClientTracker:
 
     # -- building blocks (the handler uses these) ------------------------------
 
-    def store(self, events: Sequence[Event]) -> Appended:
+    def store(self, events: Sequence[Event], busy_timeout: float | None = None) -> Appended:
         """Number and store validated events in one transaction.
 
         Events that do not fit in a full queue are counted as dropped
-        (``queue_full``) and reported once per streak.
+        (``queue_full``) and reported once per streak. Storage faults raise
+        (:class:`~hamustro_logging.queue.DiskSpaceLow`, ``QueueBusy`` after
+        ``busy_timeout`` seconds of another process's write lock, an
+        ``OSError``...) and are remembered for ``stats()["storage_error"]``
+        until a store succeeds.
         """
         # Never a lookup here: store() runs under emit() (durable mode) and
         # under flush(); refresh_ip() runs where a DNS wait hurts no one.
         default_ip = self._ip.cached() if self._ip is not None else None
-        with self._store_lock:
-            queue = self.queue
-            done = queue.append(self.session, self._hid, events, default_ip)
+        try:
+            with self._store_lock:
+                queue = self.queue
+                done = queue.append(
+                    self.session, self._hid, events, default_ip, busy_timeout=busy_timeout
+                )
+        except Exception as exc:
+            self.storage_problem = f"{type(exc).__name__}: {exc}"
+            raise
+        self.storage_problem = None
+        if done.stored:
+            self._numbers[self.session] = done.last_nr
         self.stats_counters.add("queued", done.stored)
         if done.dropped:
             self.stats_counters.drop("queue_full", done.dropped)
@@ -461,20 +502,25 @@ class ClientTracker:
 
         From the queue folder (all processes that share it): ``pending``
         (unsent events), ``queue_bytes`` (their encoded size),
-        ``rejected_in_queue`` (events set aside after a 400) and
-        ``last_sync`` (epoch seconds of the last 200); all None, and
-        ``storage_error`` set, while the folder cannot be used.
+        ``rejected_in_queue`` (events the collector refused, kept aside),
+        ``aside_in_queue`` (rows that could not be used, kept aside) and
+        ``last_sync`` (epoch seconds of the last 200). ``storage_error`` says
+        why the last write failed (a full or nearly full disk, a lock held
+        by another process...) until one succeeds; while the folder cannot
+        even be read, the folder's figures are None.
         """
         out = self.stats_counters.snapshot()
+        out["storage_error"] = self.storage_problem
         try:
             queue = self.queue
             out["pending"] = queue.pending_count()
             out["queue_bytes"] = queue.pending_bytes()
             out["last_sync"] = queue.last_sync()
             out["rejected_in_queue"] = queue.rejected_count()
-            out["storage_error"] = None
+            out["aside_in_queue"] = queue.aside_count()
         except Exception as exc:  # the folder is unusable now: say so, do not raise
             out.update(pending=None, queue_bytes=None, last_sync=None, rejected_in_queue=None)
+            out["aside_in_queue"] = None
             out["storage_error"] = f"{type(exc).__name__}: {exc}"
         return out
 

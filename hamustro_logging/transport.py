@@ -3,15 +3,33 @@
 Called by whoever sends (the handler's flusher thread or
 ``ClientTracker.flush``); one ``requests.Session`` per ``Transport`` reuses
 connections. A ``Transport`` is used by one thread at a time.
+
+What a request may do, and why:
+
+* It has a hard total length, ``Transport.max_duration``: connect, upload
+  and the wait for the status line all come out of one budget, so a lease a
+  little longer than it is never outlived by its request, whatever the link
+  does (a 20 KB/s uplink once uploaded the same batch five times).
+* It never follows a redirect: requests would repeat the POST as a GET, and
+  a 200 to that GET would delete events the collector never saw. A 3xx is an
+  answer like any other, with its ``Location``.
+* It never reads a response body: a Hamustro collector's answer is its
+  status code. A body trickled at 1 byte/s would hold the send thread, a
+  300 MB one the application's memory. An empty body (the collector's 200:
+  ``Content-Length: 0``) is finished without touching the socket, so the
+  connection is reused; any other is closed unread.
 """
 
 from __future__ import annotations
 
+import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import requests
+from urllib3 import Timeout
 
 from .wire import signature
 
@@ -19,6 +37,17 @@ __all__ = ["Answer", "Transport", "track_url"]
 
 TRACK_PATH = "/api/v1/track"
 USER_AGENT = "hamustro-logging/0.1.0"
+
+#: Errors meaning the collector was never reached (``retry.explain`` then asks
+#: whether it runs at that URL; after any other error it was reached).
+CONNECTION_REFUSED = "connection refused"
+CONNECT_TIMEOUT = "connection timed out"
+NO_SUCH_HOST = "cannot resolve the collector's host name"
+UNREACHABLE = frozenset({CONNECTION_REFUSED, CONNECT_TIMEOUT, NO_SUCH_HOST})
+
+#: The least time a ``post()`` gets even when its caller's deadline is near or
+#: past: one attempt on a healthy loopback or LAN collector fits in it.
+MIN_TRY = 0.05
 
 
 def track_url(collector_url: str) -> str:
@@ -35,15 +64,19 @@ def track_url(collector_url: str) -> str:
 class Answer:
     """What one POST got: an HTTP status, or the error that prevented one.
 
-    ``sent`` is False only when the request certainly never reached the
-    collector (the connection was refused); after a timeout or a reset the
-    collector may have stored the batch, so a resend may be a duplicate.
+    ``sent`` is False only when the collector certainly did not get the
+    whole request (the connection was refused, or the upload was cut before
+    the last byte of the body left); after a timeout or a reset once the
+    body was out, the collector may have stored the batch, so a resend may
+    be a duplicate. ``location`` is a 3xx answer's ``Location``, made
+    absolute and without any ``user:password@``.
     """
 
     status: int | None
     error: str | None = None
     retry_after: float | None = None
     sent: bool = True
+    location: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -66,12 +99,69 @@ def _retry_after(value: str | None) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
+class _UploadTooSlow(Exception):
+    """Raised by ``_Upload.read`` through requests: the deadline passed mid-upload.
+
+    Deliberately not an ``OSError``: urllib3 then neither retries nor wraps
+    it; it closes the half-used connection and lets it through.
+    """
+
+
+class _Upload:
+    """The body as a file-like object that stops at a deadline.
+
+    requests sends an object with ``__len__`` and ``__iter__`` as a stream
+    with a ``Content-Length`` (``super_len``); urllib3 then calls
+    ``read(16384)`` and writes each block with ``sendall``, whose socket
+    timeout is the connect timeout. Each block is therefore bounded, but
+    nothing bounds their number on a slow uplink: the clock is checked here,
+    between blocks. ``complete`` tells whether the last byte was handed over.
+    """
+
+    def __init__(self, body: bytes, deadline: float) -> None:
+        self._body = body
+        self._pos = 0
+        self._deadline = deadline
+
+    def __len__(self) -> int:
+        return len(self._body)
+
+    def __iter__(self) -> Iterator[bytes]:
+        while block := self.read(16384):
+            yield block
+
+    @property
+    def complete(self) -> bool:
+        return self._pos >= len(self._body)
+
+    def read(self, size: int = -1) -> bytes:
+        if self.complete:
+            return b""
+        if time.monotonic() >= self._deadline:
+            raise _UploadTooSlow
+        end = len(self._body) if size < 0 else min(len(self._body), self._pos + size)
+        block = self._body[self._pos : end]
+        self._pos = end
+        return block
+
+
 class Transport:
     """POSTs signed collections to ``{collector_url}/api/v1/track``.
 
-    ``timeout`` is requests' (connect, read) pair: every request has one.
+    ``timeout`` is the (connect, read) pair: the longest wait for the
+    connection, for each block of the upload to be written, and for the
+    answer once the body is out. ``request_timeout`` bounds the whole
+    request (connect, upload, wait for the status line); ``max_duration``
+    is the most a ``post()`` takes, whatever the link does: the request
+    timeout plus, at worst, one block's write that began just before it ran
+    out (bounded by the connect timeout). Not bounded: a DNS lookup (the
+    resolver's own timeouts) and a server that trickles its status line and
+    headers a byte at a time.
     ``verify`` is True (check TLS against the system's CAs), a CA bundle
     path, or False (never do that outside development).
+
+    >>> Transport("http://127.0.0.1:8080", "s", timeout=(1, 5), request_timeout=8).max_duration
+    9.0
     """
 
     def __init__(
@@ -80,20 +170,32 @@ class Transport:
         shared_secret_key: str,
         *,
         timeout: tuple[float, float] = (3.05, 10.0),
+        request_timeout: float = 30.0,
         verify: bool | str = True,
     ) -> None:
+        if not (
+            isinstance(request_timeout, (int, float))
+            and not isinstance(request_timeout, bool)
+            and math.isfinite(request_timeout)
+            and request_timeout > 0
+        ):
+            raise ValueError(f"request_timeout must be seconds > 0, got {request_timeout!r}")
         self.url = track_url(collector_url)
         #: The URL for messages: without a ``user:password@`` part.
         self.shown_url = _without_userinfo(self.url)
         self._secret = shared_secret_key
         self.timeout = timeout
+        self.request_timeout = float(request_timeout)
+        #: The most any ``post()`` takes, in seconds (see the class docstring).
+        self.max_duration = self.request_timeout + min(timeout[0], self.request_timeout)
         self.verify = verify
         self._session = requests.Session()
         # Proxies and CA settings from the environment, read once: requests
         # otherwise reads them (and ~/.netrc) again for every request.
-        self._send_options = self._session.merge_environment_settings(
-            self.url, {}, False, verify, None
-        )
+        options = self._session.merge_environment_settings(self.url, {}, True, verify, None)
+        self._proxies = dict(options["proxies"])
+        self._verify: bool | str = verify if options["verify"] is None else options["verify"]
+        self._cert = options["cert"]
 
     def __repr__(self) -> str:  # never the secret
         return f"Transport({self.shown_url!r})"
@@ -101,13 +203,19 @@ class Transport:
     def post(self, body: bytes, deadline: float | None = None) -> Answer:
         """Send one collection; never raises for network trouble.
 
-        ``deadline`` (a ``time.monotonic()`` value) shortens the timeout so
-        the call returns by then, as close() and flush(timeout) need.
+        ``deadline`` (a ``time.monotonic()`` value) shortens the request's
+        budget so the call returns by then, as close() and flush(timeout)
+        need (it always gets ``MIN_TRY`` seconds, even past the deadline).
         """
-        timeout = self.timeout
+        start = time.monotonic()
+        end = start + self.request_timeout
         if deadline is not None:
-            left = max(0.05, deadline - time.monotonic())
-            timeout = (min(timeout[0], left), min(timeout[1], left))
+            end = min(end, max(deadline, start + MIN_TRY))
+        budget = end - start
+        connect, read = self.timeout
+        # total: urllib3 gives the wait for the answer only what the connect
+        # and the upload left of the budget (Timeout.read_timeout).
+        timeout = Timeout(connect=min(connect, budget), read=min(read, budget), total=budget)
         stamp = str(int(time.time()))
         headers = {
             "User-Agent": USER_AGENT,
@@ -115,41 +223,108 @@ class Transport:
             "X-Hamustro-Time": stamp,
             "X-Hamustro-Signature": signature(stamp, body, self._secret),
         }
+        upload = _Upload(body, end)
         request = requests.PreparedRequest()
-        request.prepare(method="POST", url=self.url, headers=headers, data=body)
+        request.prepare(method="POST", url=self.url, headers=headers, data=upload if body else b"")
         try:
-            response = self._session.send(request, timeout=timeout, **self._send_options)
+            # The adapter, not Session.send: with allow_redirects=False the
+            # session still reads a 3xx's body (resolve_redirects consumes it
+            # "so it can be released"); the adapter reads no body at all.
+            adapter = self._session.get_adapter(self.url)
+            response = adapter.send(
+                request,
+                stream=True,
+                timeout=timeout,  # type: ignore[arg-type]  # a urllib3 Timeout is accepted (adapters.py)
+                verify=self._verify,
+                cert=self._cert,
+                proxies=self._proxies,
+            )
+        except _UploadTooSlow:
+            return Answer(
+                None, f"the upload did not finish within {_seconds(budget)} s", sent=False
+            )
         except requests.RequestException as exc:
-            return _failure(exc, timeout[1])
+            return _failure(exc, min(read, budget), min(connect, budget), upload.complete)
         except Exception as exc:  # e.g. a CA bundle path that does not exist (OSError)
             return Answer(None, f"request failed ({type(exc).__name__}: {_short(exc)})", sent=False)
-        response.close()
-        return Answer(response.status_code, None, _retry_after(response.headers.get("Retry-After")))
+        try:
+            location = response.headers.get("Location")
+            return Answer(
+                response.status_code,
+                None,
+                _retry_after(response.headers.get("Retry-After")),
+                location=None if location is None else _shown_location(self.url, location),
+            )
+        finally:
+            _finish(response)
 
     def close(self) -> None:
         self._session.close()
 
 
-def _failure(exc: requests.RequestException, read_timeout: float) -> Answer:
+def _finish(response: requests.Response) -> None:
+    """Be done with a response without reading its body.
+
+    A body known to be empty (``Content-Length: 0``, or a 204/304) is
+    finished without a read from the socket, and the connection goes back
+    to the pool for the next request. Any other body is never read: the
+    connection is closed instead (a new one costs a handshake; reading an
+    unknown body could cost the thread or the memory).
+    """
+    raw = response.raw
+    empty = response.status_code in (204, 304) or response.headers.get("Content-Length") == "0"
+    if empty and "chunked" not in response.headers.get("Transfer-Encoding", "").lower():
+        try:
+            # Length 0: http.client reads 0 bytes (no recv) and closes its file.
+            raw.read(decode_content=False)
+        except Exception:  # a connection that cannot be finished is closed instead
+            response.close()
+            return
+        raw.release_conn()
+    else:
+        response.close()
+
+
+def _seconds(value: float) -> str:
+    """A duration for a message, stable between attempts (the reporter compares lines)."""
+    return f"{round(value, 1):g}"
+
+
+def _shown_location(url: str, location: str) -> str:
+    """A ``Location`` for messages: absolute, without ``user:password@``, one short line."""
+    shown = _without_userinfo(urljoin(url, location.strip()))
+    shown = "".join(c if c.isprintable() else "?" for c in shown)
+    return shown if len(shown) <= 300 else shown[:300] + "..."
+
+
+def _failure(
+    exc: requests.RequestException, read_timeout: float, write_timeout: float, uploaded: bool
+) -> Answer:
     """A stable one-line cause (no object addresses: the reporter compares lines).
 
-    ``sent`` is False only where the request cannot have reached the
-    collector: the connection was never made.
+    ``sent`` is False where the collector cannot have the whole request: the
+    connection was never made, or it failed before the body was all out.
     """
     text = " ".join(str(e) for e in _chain(exc))
     if isinstance(exc, requests.exceptions.ConnectTimeout):
-        return Answer(None, "connection timed out", sent=False)
+        return Answer(None, CONNECT_TIMEOUT, sent=False)
     if isinstance(exc, requests.exceptions.SSLError):
         return Answer(None, "TLS error (certificate or protocol); see `verify`", sent=False)
-    if isinstance(exc, requests.Timeout):
-        return Answer(None, f"no answer within {read_timeout:g} s")
     if any(isinstance(e, ConnectionRefusedError) for e in _chain(exc)) or "refused" in text:
-        return Answer(None, "connection refused", sent=False)
+        return Answer(None, CONNECTION_REFUSED, sent=False)
     if "Name or service not known" in text or "NameResolution" in text or "getaddrinfo" in text:
-        return Answer(None, "cannot resolve the collector's host name", sent=False)
+        return Answer(None, NO_SUCH_HOST, sent=False)
+    if not uploaded and any(isinstance(e, TimeoutError) for e in _chain(exc)):
+        # Each block's write waits at most the connect timeout (urllib3).
+        stalled = f"the upload made no progress for {_seconds(write_timeout)} s"
+        return Answer(None, stalled, sent=False)
+    if not uploaded and isinstance(exc, (requests.Timeout, requests.ConnectionError)):
+        return Answer(None, "connection dropped during the upload", sent=False)
+    if isinstance(exc, requests.Timeout):
+        return Answer(None, f"no answer within {_seconds(read_timeout)} s")
     if isinstance(exc, requests.ConnectionError):
-        return Answer(None, "connection dropped without an answer")
-    return Answer(None, f"request failed ({type(exc).__name__})")
+        return Answer(None, "connection dropped after the request was sent, without an answer")
+    return Answer(None, f"request failed ({type(exc).__name__})", sent=uploaded)
 
 
 def _chain(exc: BaseException) -> list[BaseException]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import socket
 from pathlib import Path
 from typing import Any
@@ -64,3 +65,12 @@ def pending_in(queue_dir: Path) -> int:
 def numbers(events: list[dict[str, Any]]) -> list[tuple[str, int]]:
     """The (session, nr) of each received event, sorted."""
     return sorted((e["session"], e["nr"]) for e in events)
+
+
+def collector_at(url: str, secret: str = TEST_SECRET) -> DevCollector:
+    """A DevCollector (not started) on the port of ``url``: a collector that was down comes back.
+
+    Events are kept for the collector and key they were logged for, so a
+    test that logs while the collector is down restarts one at the same URL.
+    """
+    return DevCollector(port=int(url.rsplit(":", 1)[1]), secret=secret, output=io.StringIO())

@@ -27,7 +27,7 @@ from hamustro_logging.collector import DevCollector
 from hamustro_logging.queue import Queue
 from hamustro_logging.wire import Event, session_id, sha256hex
 
-from .support import TEST_SECRET, dead_url, numbers, tracker_config
+from .support import TEST_SECRET, collector_at, dead_url, numbers, tracker_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SESSION = session_id(sha256hex("device-1"), "client-1", "OS X 10.11", "1.0.0")
@@ -228,16 +228,17 @@ def test_status_finds_the_default_folder_of_a_client_id(
     tmp_path: Path, collector: DevCollector
 ) -> None:
     # The autouse fixture points XDG_CACHE_HOME into tmp_path, as cli_env does.
-    fill(collector, default_queue_dir("client-1"), 2)
+    folder = default_queue_dir("client-1", collector.url)
+    fill(collector, folder, 2)
     for args, variables in [
-        (["--client-id", "client-1"], {}),
-        ([], {"HAMUSTRO_CLIENT_ID": "client-1"}),
+        (["--client-id", "client-1"], {"HAMUSTRO_COLLECTOR_URL": collector.url}),
+        ([], {"HAMUSTRO_CLIENT_ID": "client-1", "HAMUSTRO_COLLECTOR_URL": collector.url}),
     ]:
         env = cli_env(tmp_path, **variables)
         done = run_cli(tmp_path, "status", "--json", *args, env=env)
         assert done.returncode == 0, done.stderr
         doc = json.loads(done.stdout)
-        assert doc["queue_dir"] == str(default_queue_dir("client-1"))
+        assert doc["queue_dir"] == str(folder)
         assert doc["pending"] == 2
 
 
@@ -294,17 +295,17 @@ def test_flush_to_a_dead_collector_exits_1_and_keeps_everything(
     tmp_path: Path, collector: DevCollector, capsys: pytest.CaptureFixture[str]
 ) -> None:
     queue_dir = tmp_path / "q"
-    fill(collector, queue_dir, 3)
     url = dead_url()
+    fill(url, queue_dir, 3)
     assert main(["flush", *config_args(url, queue_dir)]) == 1
     captured = capsys.readouterr()
     assert captured.out == "sent 0, failed attempts 1, left 3\n"
     assert "connection refused" in captured.err
     assert queue_state(queue_dir)[0] == 3
-    assert collector.events() == []
-    # Nothing stays leased: a working collector gets everything at once.
-    assert main(["flush", *config_args(collector.url, queue_dir)]) == 0
-    assert len(collector.wait_for(3)) == 3
+    # Nothing stays leased: the collector, back at that URL, gets everything at once.
+    with collector_at(url) as revived:
+        assert main(["flush", *config_args(url, queue_dir)]) == 0
+        assert len(revived.wait_for(3)) == 3
 
 
 def test_flush_without_the_secret_names_the_option_and_the_variable(

@@ -28,7 +28,7 @@ from hamustro_logging.collector import DevCollector
 from hamustro_logging.queue import Queue
 from hamustro_logging.wire import Event, session_id, sha256hex
 
-from .support import FAST, IDENTITY, SESSION, dead_url, pending_in
+from .support import FAST, IDENTITY, SESSION, collector_at, dead_url, pending_in
 
 MakeHandler = Callable[..., HamustroHandler]
 Attach = Callable[[str, logging.Handler], logging.Logger]
@@ -410,7 +410,8 @@ def test_durable_event_is_on_disk_when_emit_returns(
 def test_dead_collector_keeps_everything_for_the_next_start(
     collector: DevCollector, make_handler: MakeHandler, attach: Attach, tmp_path: Path
 ) -> None:
-    dead = make_handler(dead_url())
+    url = dead_url()
+    dead = make_handler(url)
     log = attach("dead.app", dead)
     for i in range(200):
         log.info("e", extra={"event": "dead.e", "params": {"i": i}})
@@ -424,12 +425,13 @@ def test_dead_collector_keeps_everything_for_the_next_start(
     assert time.monotonic() - started < 10
     assert pending_in(tmp_path / "q") == 200
 
-    live = make_handler(collector.url)
-    assert live.flush(timeout=10) is True
-    events = collector.wait_for(200)
-    assert sorted(keys(events)) == [(SESSION, nr) for nr in range(1, 201)]  # exactly once
-    assert sorted(json.loads(e["parameters"])["i"] for e in events) == list(range(200))
-    assert live.stats()["pending"] == 0
+    with collector_at(url) as revived:  # the collector comes back at its URL
+        live = make_handler(url)
+        assert live.flush(timeout=10) is True
+        events = revived.wait_for(200)
+        assert sorted(keys(events)) == [(SESSION, nr) for nr in range(1, 201)]  # exactly once
+        assert sorted(json.loads(e["parameters"])["i"] for e in events) == list(range(200))
+        assert live.stats()["pending"] == 0
 
 
 # -- 8. a hanging collector ------------------------------------------------------

@@ -15,9 +15,9 @@ import pytest
 
 from hamustro_logging import ClientTracker
 from hamustro_logging.collector import DevCollector
-from hamustro_logging.queue import Queue, QueueCorrupt
+from hamustro_logging.queue import Queue
 
-from .support import TEST_SECRET, dead_url, numbers, tracker_config
+from .support import TEST_SECRET, collector_at, dead_url, numbers, tracker_config
 
 SESSION = "c3b261989df9cb95efb791759dd37e16"  # collector.md's vector for device-1/client-1
 
@@ -129,9 +129,12 @@ def test_500_keeps_everything_and_a_later_run_delivers_once(
             assert stats["pending"] == 5 and stats["failed_attempts"] >= 1
             assert "HTTP 500" in (stats["last_error"] or "")
         assert failing.events() == [] and failing.answered().get(500, 0) >= 2
-    with ClientTracker(**tracker_config(collector, tmp_path, queue_size=2)) as t:
+    with (
+        collector_at(failing.url) as fixed,  # the collector, mended, at its URL
+        ClientTracker(**tracker_config(fixed, tmp_path, queue_size=2)) as t,
+    ):
         assert t.flush() is True
-    received = collector.wait_for(5)
+        received = fixed.wait_for(5)
     assert numbers(received) == [(SESSION, n) for n in range(1, 6)]
     assert sorted(e["user_id"] for e in received) == [0, 1, 2, 3, 4]
 
@@ -269,9 +272,9 @@ def test_a_tampered_pickle_in_the_queue_is_refused_not_run(tmp_path: Path) -> No
         )
         con.execute("DELETE FROM Cache WHERE key = 's/pending' AND mode != 4")
     queue = Queue(tmp_path)
-    with pytest.raises(QueueCorrupt, match="refusing to unpickle"):
-        queue.pending_count()
+    assert queue.pending_count() == 0  # the counter is rebuilt from the rows, not unpickled
     assert not marker.exists()
+    queue.close()
 
 
 def test_processes_sharing_a_folder_get_unique_numbers(

@@ -1,5 +1,6 @@
 # Type stubs for the part of diskcache (which ships none) that hamustro_logging uses.
-from collections.abc import Iterator
+import sqlite3
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -57,6 +58,9 @@ class Cache:
     def incr(
         self, key: Any, delta: int = 1, default: int | None = 0, retry: bool = False
     ) -> int: ...
+    # Private, used for the range queries diskcache has no API for (see queue.py).
+    @property
+    def _sql(self) -> Callable[..., sqlite3.Cursor]: ...
     def iterkeys(self, reverse: bool = False) -> Iterator[Any]: ...
     def volume(self) -> int: ...
     def check(self, fix: bool = False, retry: bool = False) -> list[Any]: ...

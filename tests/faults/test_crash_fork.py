@@ -25,7 +25,7 @@ from hamustro_logging import HamustroHandler
 from hamustro_logging.collector import DevCollector
 from hamustro_logging.queue import Queue
 
-from ..support import FAST, IDENTITY, SESSION, dead_url, pending_in
+from ..support import FAST, IDENTITY, SESSION, collector_at, dead_url, pending_in
 
 #: Shared by every script: build the handler from argv[1] (JSON), attach it.
 PRELUDE = """
@@ -228,23 +228,23 @@ def kill9(proc: subprocess.Popen[str]) -> None:
 
 
 def test_sigkill_while_collector_is_dead_loses_nothing(
-    collector: DevCollector, secret: str, tmp_path: Path, script: Script
+    secret: str, tmp_path: Path, script: Script
 ) -> None:
     queue_dir = tmp_path / "q"
-    dead = handler_options(dead_url(), secret, queue_dir, timeout=(0.5, 0.5))
+    url = dead_url()  # the collector is down when the events are logged
+    dead = handler_options(url, secret, queue_dir, timeout=(0.5, 0.5))
     proc = script.start(KILL_WHILE_WAITING, {"handler": dead, "n": 500})
     wait_for_line(proc, "ready")
     kill9(proc)
     assert pending_in(queue_dir) == 500  # all on disk when the process died
 
-    handler = HamustroHandler(**handler_options(collector.url, secret, queue_dir))
-    try:
-        # The killed process may have held a lease on a batch (12 s): the send
-        # thread takes it over when it expires.
-        handler.flush(timeout=10)
-        events = collector.wait_for(500, timeout=30)
-    finally:
-        handler.close()
+    with collector_at(url, secret) as collector:
+        handler = HamustroHandler(**handler_options(url, secret, queue_dir))
+        try:
+            handler.flush(timeout=10)
+            events = collector.wait_for(500, timeout=30)
+        finally:
+            handler.close()
     assert numbers(events) == list(range(1, 501))  # exactly once: it never reached a collector
     assert sorted(json.loads(e["parameters"])["i"] for e in events) == list(range(500))
     assert pending_in(queue_dir) == 0
@@ -258,21 +258,27 @@ def test_sigkill_while_posting_loses_nothing(
 ) -> None:
     collector.hang_next(1, seconds=30)
     queue_dir = tmp_path / "q"
-    # (0.5, 2): the POST stays in flight for 2 s, the lease lasts 2*(0.5+2)+10 = 15 s.
+    # (0.5, 2): the POST stays in flight for 2 s; its lease lasts much longer.
     options = handler_options(collector.url, secret, queue_dir, queue_size=1, timeout=(0.5, 2))
     proc = script.start(KILL_WHILE_POSTING, {"handler": options, "n": 10})
     wait_for_line(proc, "ready")
     kill9(proc)
     assert pending_in(queue_dir) == 10
-    assert leased_in(queue_dir) == 1  # the in-flight batch's lease outlives its process
+    # The in-flight batch's lease is still in the folder, but its owner is
+    # gone: another process of this host takes it over at once.
+    assert leased_in(queue_dir) == 0
 
     handler = HamustroHandler(**options)
     try:
-        events = collector.wait_for(10, timeout=40)  # the nine at once, the last after the lease
+        started = time.monotonic()
         assert handler.flush(timeout=10) is True
+        events = collector.wait_for(10, timeout=10)
+        assert time.monotonic() - started < 10  # not after the lease's expiry
+        resent = handler.stats()["resent"]
     finally:
         handler.close()
     assert set(numbers(events)) == set(range(1, 11))
+    assert resent == 1  # the batch in flight at the kill went out again, and is counted
 
 
 # -- C. a real fork ----------------------------------------------------------------
@@ -321,10 +327,10 @@ def test_exit_with_dead_collector_is_prompt_and_next_run_delivers(
     assert "Traceback" not in done.stderr
     assert pending_in(queue_dir) == 100
 
-    live = handler_options(collector.url, secret, queue_dir)
-    done = script.run(EXIT_WITHOUT_CLOSE, {"handler": live, "n": 0}, timeout=30)
-    assert done.returncode == 0, done.stderr
-    assert numbers(collector.events()) == list(range(1, 101))  # sent by logging.shutdown
+    with collector_at(dead["collector_url"], secret) as revived:
+        done = script.run(EXIT_WITHOUT_CLOSE, {"handler": dead, "n": 0}, timeout=30)
+        assert done.returncode == 0, done.stderr
+        assert numbers(revived.events()) == list(range(1, 101))  # sent by logging.shutdown
     assert pending_in(queue_dir) == 0
 
 

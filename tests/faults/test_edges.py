@@ -8,34 +8,40 @@ import threading
 from pathlib import Path
 from typing import Any
 
-import diskcache
 import pytest
 
 from hamustro_logging import ClientTracker, HamustroHandler
 from hamustro_logging.collector import DevCollector
-from hamustro_logging.queue import SafeDisk
+from hamustro_logging.mapping import build_event
 from hamustro_logging.wire import collection_header
 
 from ..support import tracker_config
 
 
-def test_a_refused_header_keeps_every_event_pending(
+def test_a_refused_collection_holds_its_session_back_and_the_others_go_on(
     tmp_path: Path, collector: DevCollector
 ) -> None:
     """When no part of a batch is accepted, the collection itself is at fault, not events."""
     with ClientTracker(**tracker_config(collector, tmp_path, queue_size=10**6)) as t:
-        for _ in range(6):
-            t.track_event("e")
-        cache = diskcache.Cache(str(tmp_path), disk=SafeDisk)
-        (key,) = [k for k in cache.iterkeys() if k.startswith("h/")]
-        bad = collection_header(t.device_id, "client-1", "0" * 32, "OS X 10.11", "1.0.0")
-        cache.set(key, bad)  # the session no longer matches: the collector answers 400
-        cache.close()
+        # A session whose header the collector refuses (its session id does not
+        # match its fields), stored as a real group of this sender's.
+        bad_header = collection_header(t.device_id, "client-1", "0" * 32, "OS X 10.11", "1.0.0")
+        bad_hid = t.queue.register_header("0" * 32, bad_header, t.destination)
+        t.queue.append("0" * 32, bad_hid, [build_event("bad", None, None, False, None, 1e9)] * 6)
+        for _ in range(4):
+            t.track_event("good")
         assert t.flush() is False
         stats = t.stats()
-        assert (stats["pending"], stats["rejected_in_queue"]) == (6, 0)
+        assert (stats["pending"], stats["rejected_in_queue"], stats["sent"]) == (6, 0, 4)
         assert "400" in (stats["last_error"] or "")
-    assert collector.answered()[400] >= 2 and collector.events() == []
+        assert [e["event"] for e in collector.wait_for(4)] == ["good"] * 4
+        refused = collector.answered()[400]
+        for _ in range(3):  # later passes hold that session back: no request for it
+            t.track_event("good")
+            t.delivery.drain()
+        assert collector.answered()[400] == refused
+        assert len(collector.wait_for(7)) == 7
+        assert t.queue.pending_count() == 6
 
 
 def test_a_missing_ca_bundle_is_a_failed_send_not_an_exception(tmp_path: Path) -> None:
@@ -90,3 +96,42 @@ def test_a_password_in_the_collector_url_is_never_shown(
     err = capfd.readouterr().err
     assert "cannot deliver to http://***@127.0.0.1:9/api/v1/track" in err
     assert "url-password" not in err
+
+
+class _Unprintable(Exception):
+    def __str__(self) -> str:
+        raise ValueError("and neither is this")
+
+
+class _Hostile:
+    def __str__(self) -> str:
+        raise _Unprintable
+
+
+def test_a_value_whose_str_raises_an_unprintable_error_never_reaches_the_app(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    handler = HamustroHandler(**tracker_config("http://127.0.0.1:9", tmp_path))
+    log = logging.getLogger("edges.hostile")
+    log.addHandler(handler)
+    log.propagate = False
+    try:
+        log.warning("x", extra={"event": "e", "params": {"v": _Hostile()}})  # must not raise
+        log.warning("x", extra={"event": "ok"})
+        handler.flush(timeout=0.1)  # on disk (nothing listens on port 9: kept there)
+        stats = handler.stats()
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+    assert stats["dropped"] == {"invalid": 1}
+    assert stats["pending"] == 1  # the next event is unaffected
+    line = capfd.readouterr().err.splitlines()[0]
+    assert "field 'params'" in line and "_Unprintable (its message cannot be shown)" in line
+
+
+def test_a_huge_event_name_is_reported_as_the_event_field(tmp_path: Path) -> None:
+    with (
+        ClientTracker(**tracker_config("http://127.0.0.1:9", tmp_path)) as t,
+        pytest.raises(ValueError, match="field 'event': the event is 10000000 bytes"),
+    ):
+        t.track_event("x" * 10_000_000)

@@ -77,6 +77,8 @@ def test_folder_deleted_under_a_running_app(
     assert handler.flush(timeout=10)
     received = collector.wait_for(6)
     assert sorted(e["user_id"] for e in received) == [0, 1, 2, 3, 4, 5]
+    # Numbering went on in the new database: no (session, nr) names two events.
+    assert sorted(e["nr"] for e in received) == [1, 2, 3, 4, 5, 6]
     assert (folder / "cache.db").exists()
     assert "was removed" in capfd.readouterr().err
 

@@ -1,0 +1,226 @@
+"""A read-only view of a queue folder, for the CLI's ``status`` and ``export``.
+
+It reads diskcache's ``Cache`` table with plain ``sqlite3``, never through
+``diskcache.Cache``, whose constructor writes its settings (eviction policy,
+cull limit...) into whatever folder it is given, and never unpickles. It
+writes nothing, so it works on a read-only mount and leaves another
+application's folder as it found it:
+
+* a folder at rest (no ``cache.db-wal``: everything is in ``cache.db``) is
+  opened with ``immutable=1``: SQLite then takes no lock and creates no
+  ``-wal``/``-shm`` file (a ``mode=ro`` connection would create both);
+* a folder in use (``cache.db-wal`` exists) is opened with ``mode=ro``, so the
+  events still in the write-ahead log are seen; SQLite then updates only the
+  shared-memory index in ``cache.db-shm`` that every reader of the folder uses.
+
+:func:`recognise` tells a hamustro queue from anything else (no
+``cache.db``, diskcache settings or keys that are not the queue's) without
+writing; the CLI's writing commands call it before they open the folder.
+
+Values are read as diskcache stores them: inline (``bytes``, ``str``,
+``int``), or, in folders written by versions that kept values of 1 MiB or
+more in files of their own, from that file (opened with ``O_NOFOLLOW``).
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import stat
+import time
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import quote
+
+import diskcache.core
+
+from .folder import DB_FILES
+from .queue import KEY_PREFIXES, QueueCorrupt, SessionInfo
+from .wire import iter_frames
+
+__all__ = ["NotAQueue", "QueueReader", "recognise"]
+
+#: The first characters of every key the queue writes (see queue.py's table).
+_KEY_PREFIXES = KEY_PREFIXES
+#: A key no queue writes: one "?" per prefix.
+_FOREIGN_KEY = (
+    "SELECT key FROM Cache WHERE raw != 1 OR typeof(key) != 'text' OR substr(key, 1, 2) "
+    "NOT IN (?, ?, ?, ?, ?, ?, ?, ?, ?) LIMIT 1"
+)
+assert _FOREIGN_KEY.count("?") == len(_KEY_PREFIXES)
+#: Written by every Queue at every open; a folder without it was never one.
+_MARKER = "s/last_sync"
+#: The diskcache settings every Queue writes at every open, that diskcache's
+#: defaults do not have.
+_OUR_SETTINGS = {"eviction_policy": "none", "cull_limit": 0}
+
+
+class NotAQueue(ValueError):
+    """The folder is not a hamustro-logging queue (nothing in it was changed)."""
+
+
+def _connect(directory: str) -> sqlite3.Connection:
+    """A connection that cannot write to the folder, or NotAQueue if it has no database."""
+    db = os.path.join(directory, DB_FILES[0])
+    try:
+        st = os.lstat(db)
+    except FileNotFoundError:
+        raise NotAQueue(f"{directory} is not a queue folder: it has no {DB_FILES[0]}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise NotAQueue(f"{directory} is not a queue folder: its {DB_FILES[0]} is not a file")
+    in_use = os.path.lexists(db + "-wal")
+    uri = f"file:{quote(db)}?{'mode=ro' if in_use else 'immutable=1'}"
+    con = sqlite3.connect(uri, uri=True, timeout=10.0, isolation_level=None)
+    con.execute("PRAGMA query_only = 1")
+    return con
+
+
+def recognise(con: sqlite3.Connection, directory: str) -> None:
+    """Raise :class:`NotAQueue` unless the database is a hamustro-logging queue's."""
+    try:
+        settings = dict(con.execute("SELECT key, value FROM Settings").fetchall())
+        foreign = con.execute(_FOREIGN_KEY, _KEY_PREFIXES).fetchone()
+        marker = con.execute("SELECT 1 FROM Cache WHERE key = ? AND raw = 1", (_MARKER,)).fetchone()
+    except sqlite3.DatabaseError as exc:
+        if "no such table" in str(exc) or "not a database" in str(exc):
+            raise NotAQueue(f"{directory} is not a queue folder: {exc}") from None
+        raise
+    for name, value in _OUR_SETTINGS.items():
+        if settings.get(name) != value:
+            raise NotAQueue(
+                f"{directory} is not a hamustro-logging queue: its diskcache setting "
+                f"{name} is {settings.get(name)!r}, a queue's is {value!r}"
+            )
+    if foreign is not None:
+        raise NotAQueue(
+            f"{directory} is not a hamustro-logging queue: it holds the key "
+            f"{str(foreign[0])[:60]!r}, which a queue never writes"
+        )
+    if marker is None:
+        raise NotAQueue(f"{directory} is not a hamustro-logging queue: it has no {_MARKER!r}")
+
+
+def check_is_queue(directory: str | os.PathLike[str]) -> None:
+    """Raise :class:`NotAQueue` unless ``directory`` holds a queue; writes nothing."""
+    with QueueReader(directory):
+        pass
+
+
+def _parse_chunk_key(key: str) -> tuple[str, str, int, int]:
+    try:
+        _, session, hid, first_nr, count = key.split("/")
+        return session, hid, int(first_nr), int(count)
+    except ValueError:
+        raise QueueCorrupt(f"queue has a malformed key {key[:60]!r}") from None
+
+
+class QueueReader:
+    """The read-only side of :class:`~hamustro_logging.queue.Queue`, on one folder.
+
+    Same answers as the Queue's counters and ``iter_events``; raises
+    :class:`NotAQueue` if the folder is not a queue. One thread only.
+    """
+
+    def __init__(self, directory: str | os.PathLike[str]) -> None:
+        self.directory = os.path.abspath(directory)
+        self._con = _connect(self.directory)
+        try:
+            recognise(self._con, self.directory)
+        except BaseException:
+            self._con.close()
+            raise
+
+    def close(self) -> None:
+        self._con.close()
+
+    def __enter__(self) -> QueueReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- rows ------------------------------------------------------------------
+
+    def _value(self, row: tuple[int, str | None, Any] | None) -> Any:
+        """A row's value as diskcache's ``get`` returns it (never unpickled)."""
+        if row is None:
+            return None
+        mode, filename, value = row
+        if mode == diskcache.core.MODE_RAW:
+            return value
+        if mode in (diskcache.core.MODE_BINARY, diskcache.core.MODE_TEXT) and filename:
+            data = self._read_value_file(filename)
+            return data if mode == diskcache.core.MODE_BINARY else data.decode("utf-8")
+        if mode == diskcache.core.MODE_PICKLE:
+            raise QueueCorrupt("queue file holds a pickled value; refusing to unpickle it")
+        return None
+
+    def _read_value_file(self, filename: str) -> bytes:
+        parts = filename.split("/")
+        if os.path.isabs(filename) or ".." in parts:
+            raise QueueCorrupt(f"queue names a value file outside its folder: {filename[:60]!r}")
+        fd = os.open(
+            os.path.join(self.directory, *parts), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+        )
+        with os.fdopen(fd, "rb") as file:
+            return file.read()
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """The value of ``key`` (unexpired), or ``default``."""
+        row = self._con.execute(
+            "SELECT mode, filename, value FROM Cache WHERE key = ? AND raw = 1 "
+            "AND (expire_time IS NULL OR expire_time > ?)",
+            (key, time.time()),
+        ).fetchone()
+        value = self._value(row)
+        return default if value is None else value
+
+    def keys_with(self, prefix: str) -> list[str]:
+        """Keys starting with ``prefix``, in the order diskcache's ``iterkeys`` gives."""
+        rows = self._con.execute(
+            "SELECT key FROM Cache WHERE raw = 1 AND typeof(key) = 'text' "
+            "AND substr(key, 1, ?) = ? ORDER BY key",
+            (len(prefix), prefix),
+        )
+        return [key for (key,) in rows]
+
+    # -- what status and export read -------------------------------------------
+
+    def pending_count(self) -> int:
+        return int(self.get("s/pending", 0))
+
+    def pending_bytes(self) -> int:
+        return int(self.get("s/pending_bytes", 0))
+
+    def rejected_count(self) -> int:
+        return int(self.get("s/rejected", 0))
+
+    def last_sync(self) -> float:
+        return int(self.get(_MARKER, 0)) / 1000
+
+    def last_numbers(self) -> dict[str, int]:
+        return {key[2:]: int(self.get(key, 0)) for key in self.keys_with("n/")}
+
+    def sessions(self) -> list[SessionInfo]:
+        """Per session: unsent and leased events, bytes and the oldest ``nr``."""
+        out: dict[str, list[int]] = {}
+        for key in self.keys_with("e/"):
+            session, _, first_nr, n = _parse_chunk_key(key)
+            info = out.setdefault(session, [0, 0, 0, first_nr])
+            info[0] += n
+            if self.get("l/" + key) is not None:
+                info[1] += n
+            value = self.get(key)
+            info[2] += len(value) if isinstance(value, bytes) else 0
+            info[3] = min(info[3], first_nr)
+        return [SessionInfo(s, *v) for s, v in out.items()]
+
+    def iter_events(self, rejected: bool = False) -> Iterator[tuple[str, bytes, int, bytes]]:
+        """(session, header, nr, framed payload) of every pending (or rejected) event."""
+        for key in self.keys_with("r/" if rejected else "e/"):
+            session, hid, first, _ = _parse_chunk_key(key)
+            value, header = self.get(key), self.get(f"h/{session}/{hid}")
+            if not isinstance(value, bytes) or not isinstance(header, bytes):
+                continue
+            for i, frame in enumerate(iter_frames(value)):
+                yield session, header, first + i, frame
