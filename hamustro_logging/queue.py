@@ -68,6 +68,7 @@ import logging
 import os
 import socket
 import sqlite3
+import sys
 import threading
 import time
 import uuid
@@ -277,6 +278,20 @@ if hasattr(os, "register_at_fork"):
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
+#: How long one attempt at the write lock may wait inside SQLite, holding the
+#: fork gate; between attempts the thread waits outside it.
+_SLICE = 0.02
+
+
+def _outside_gate(seconds: float) -> None:
+    """Sleep with the fork gate released (all of this thread's holds), then take it back."""
+    state = _fork_gate._release_save()  # type: ignore[attr-defined]  # as Condition.wait does
+    try:
+        time.sleep(seconds)
+    finally:
+        _fork_gate._acquire_restore(state)  # type: ignore[attr-defined]
+
+
 #: A chunk written one event at a time grows by rewriting it: only up to this
 #: size (about 60 typical events), so an append stays a small write.
 _TAIL_BYTES = 4096
@@ -293,9 +308,10 @@ def _gated(method: _F) -> _F:
 
     @functools.wraps(method)
     def gated(self: Queue, *args: Any, **kwargs: Any) -> Any:
+        local = self._local
         with _fork_gate:
-            outer = not self._depth
-            self._depth += 1
+            outer = not getattr(local, "depth", 0)
+            local.depth = getattr(local, "depth", 0) + 1
             try:
                 return method(self, *args, **kwargs)
             except sqlite3.DatabaseError as exc:
@@ -303,7 +319,7 @@ def _gated(method: _F) -> _F:
                     raise
                 error = str(exc)
             finally:
-                self._depth -= 1
+                local.depth -= 1
             self._salvage(error)
             return method(self, *args, **kwargs)
 
@@ -486,7 +502,7 @@ class Queue:
         self.min_free_bytes = min_free_bytes
         self.timeout = timeout
         self._notify = notify or (lambda line: None)
-        self._depth = 0  # nesting of gated calls (under the process-wide gate)
+        self._local = threading.local()  # per thread: nesting of gated calls, busy_timeout
         self._tail: tuple[str, int] | None = None  # the last chunk written: key, bytes
         self._cursor = "e/"  # claims start after this key: each group takes its turn
         self._headers: dict[tuple[str, str], tuple[bytes, str | None]] = {}
@@ -511,10 +527,12 @@ class Queue:
         return os.path.join(self.directory, _DB)
 
     def _open_cache(self) -> diskcache.Cache:
-        cache = diskcache.Cache(self.directory, timeout=self.timeout, disk=SafeDisk, **_SETTINGS)
+        cache = diskcache.Cache(self.directory, timeout=_SLICE, disk=SafeDisk, **_SETTINGS)
+        self._cache = cache
         # A brand-new queue counts retention from its creation, so it does not
         # send on every event before its first sync.
-        cache.add(_LAST_SYNC, _now_ms())
+        with self._transaction():
+            cache.add(_LAST_SYNC, _now_ms())
         self._db_id = _file_id(self._path)
         # The database and its WAL files exist now: 0600, and still in the same folder.
         try:
@@ -543,9 +561,39 @@ class Queue:
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[None]:
-        """A diskcache transaction (``BEGIN IMMEDIATE``), under the fork gate."""
-        with _fork_gate, self._cache.transact():
-            yield
+        """A diskcache transaction (``BEGIN IMMEDIATE``), under the fork gate.
+
+        While another process holds the write lock, SQLite is asked again and
+        again for ``_SLICE`` seconds at a time, and between the attempts this
+        thread waits *outside* the fork gate: a fork, and this process's other
+        threads, never wait for another process's lock. It gives up after the
+        caller's ``busy_timeout`` (``QueueBusy``), or the queue's ``timeout``.
+        """
+        wait = getattr(self._local, "busy_timeout", None)
+        limit = self.timeout if wait is None else wait
+        deadline = time.monotonic() + limit
+        pause = 0.001
+        with _fork_gate:
+            while True:
+                transaction = self._cache.transact()
+                try:
+                    transaction.__enter__()
+                    break
+                except diskcache.Timeout:
+                    if time.monotonic() >= deadline:
+                        raise QueueBusy(
+                            f"the queue database in {self.directory} was locked by another "
+                            f"process for over {limit:g} s"
+                        ) from None
+                _outside_gate(min(pause, max(0.0, deadline - time.monotonic())))
+                pause = min(pause * 2, 0.05)
+            try:
+                yield
+            except BaseException:
+                if not transaction.__exit__(*sys.exc_info()):
+                    raise
+            else:
+                transaction.__exit__(None, None, None)
 
     def _sql(self, statement: str, params: Sequence[Any] = ()) -> list[Any]:
         # diskcache has no range query; its own table and index serve one
@@ -652,8 +700,10 @@ class Queue:
             hid = md5hex(header)[:8]
         else:
             hid = md5hex(destination.encode() + b"\0" + header)[:8]
-            self._cache.add(f"d/{session}/{hid}", destination)
-        self._cache.add(f"h/{session}/{hid}", header)
+        with self._transaction():
+            if destination is not None:
+                self._cache.add(f"d/{session}/{hid}", destination)
+            self._cache.add(f"h/{session}/{hid}", header)
         # Known good from here on: a row of it damaged later is not a reason
         # to set this process's own events aside.
         self._headers[(session, hid)] = self._registered[(session, hid)] = (header, destination)
@@ -678,20 +728,15 @@ class Queue:
 
     @contextlib.contextmanager
     def _busy_timeout(self, seconds: float | None) -> Iterator[None]:
-        """Wait at most ``seconds`` for another process's write lock (this thread's connection)."""
+        """This thread's transactions give up after ``seconds`` of another process's lock."""
         if seconds is None:
             yield
             return
-        self._sql(f"PRAGMA busy_timeout = {max(0, int(seconds * 1000))}")
+        self._local.busy_timeout = seconds
         try:
             yield
-        except diskcache.Timeout:
-            raise QueueBusy(
-                f"the queue database in {self.directory} was locked by another process "
-                f"for over {seconds:g} s"
-            ) from None
         finally:
-            self._sql(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
+            self._local.busy_timeout = None
 
     @_gated
     def append(
@@ -955,8 +1000,8 @@ class Queue:
         count = size = 0
         group: tuple[str, str] | None = None
         header = b""
-        self._damaged = False
         with self._transaction():
+            self._damaged = False
             for lo, hi in ((self._cursor, "e0"), ("e/", self._cursor)):
                 done = False
                 while not done:

@@ -29,7 +29,7 @@ from .config import (
 )
 from .delivery import Delivery, DrainResult
 from .mapping import DEFAULT_MAX_EVENT_BYTES, build_event
-from .queue import Appended, Queue, QueueFull, SessionInfo
+from .queue import Appended, Queue, QueueBusy, QueueFull, SessionInfo
 from .report import Reporter
 from .retry import Backoff
 from .stats import Stats
@@ -447,11 +447,17 @@ class ClientTracker:
         # under flush(); refresh_ip() runs where a DNS wait hurts no one.
         default_ip = self._ip.cached() if self._ip is not None else None
         try:
-            with self._store_lock:
+            if not self._store_lock.acquire(timeout=-1 if busy_timeout is None else busy_timeout):
+                raise QueueBusy(
+                    f"another thread held the queue in {self.queue_dir} for over {busy_timeout:g} s"
+                )
+            try:
                 queue = self.queue
                 done = queue.append(
                     self.session, self._hid, events, default_ip, busy_timeout=busy_timeout
                 )
+            finally:
+                self._store_lock.release()
         except Exception as exc:
             self.storage_problem = f"{type(exc).__name__}: {exc}"
             raise
