@@ -41,6 +41,7 @@ calls :class:`~hamustro_logging.queue.Queue`, :class:`ClientTracker`,
 from __future__ import annotations
 
 import argparse
+import base64
 import collections
 import contextlib
 import json
@@ -443,13 +444,21 @@ def _status(queue: QueueReader, directory: Path) -> dict[str, Any]:
         "pending": queue.pending_count(),
         "pending_bytes": queue.pending_bytes(),
         "rejected": queue.rejected_count(),
+        "set_aside": queue.aside_count(),
         "bytes_on_disk": _folder_bytes(directory),
+        "disk_free_bytes": _disk_free(directory),
         "last_sync": last_sync,
         "last_sync_utc": _utc(last_sync),
         "last_sync_age_seconds": round(now - last_sync, 3),
         "sessions_seen": len(last),
         "sessions": rows,
     }
+
+
+def _disk_free(directory: Path) -> int:
+    """Free bytes on the folder's disk (what ``min_free_bytes`` is compared with)."""
+    st = os.statvfs(directory)
+    return st.f_bavail * st.f_frsize
 
 
 def _plural(n: int, word: str) -> str:
@@ -463,7 +472,9 @@ def _status_table(doc: dict[str, Any]) -> str:
         f"last sync     {doc['last_sync_utc']} ({_age(doc['last_sync_age_seconds'])} ago)",
         f"pending       {_plural(doc['pending'], 'event')}, {doc['pending_bytes']} bytes",
         f"rejected      {_plural(doc['rejected'], 'event')}",
-        f"on disk       {doc['bytes_on_disk']} bytes",
+        f"set aside     {_plural(doc['set_aside'], 'unusable row')}"
+        + (" (see `export --aside`)" if doc["set_aside"] else ""),
+        f"on disk       {doc['bytes_on_disk']} bytes; {doc['disk_free_bytes']} bytes free",
         "",
     ]
     rows: list[dict[str, Any]] = doc["sessions"]
@@ -537,6 +548,11 @@ def _cmd_export(args: argparse.Namespace) -> int:
     directory = _queue_dir(args.queue_dir, args.client_id)
     broken = 0
     with _read_queue(directory) as queue:
+        if args.aside:
+            for key, raw in queue.iter_aside():
+                doc = {"key": key, "bytes_base64": base64.b64encode(raw).decode("ascii")}
+                sys.stdout.write(json.dumps(doc) + "\n")
+            return 0
         for session, header, nr, frame in queue.iter_events(rejected=args.rejected):
             try:
                 line = _event_line(session, header, nr, frame)
@@ -790,7 +806,13 @@ def build_parser() -> argparse.ArgumentParser:
         "with 400) as one JSON line, with its session, nr, payload and collection fields.",
     )
     _add_queue_options(export)
-    export.add_argument("--rejected", action="store_true", help="export the rejected events")
+    which = export.add_mutually_exclusive_group()
+    which.add_argument("--rejected", action="store_true", help="export the rejected events")
+    which.add_argument(
+        "--aside",
+        action="store_true",
+        help="export the rows set aside as unusable: their key and raw bytes (base64)",
+    )
 
     retry = add(
         "retry-rejected",

@@ -137,6 +137,9 @@ class Delivery:
 
     def _send(self, queue: Queue, batch: Batch, deadline: float | None) -> tuple[Settled, Answer]:
         """POST one batch and settle it; the answer to act on (200 when all is settled)."""
+        if batch.count > 1 and len(batch.body) > self.max_batch_bytes:
+            # Stored before a 413 taught us the size: split it without asking.
+            return self._split(queue, batch, None, deadline)
         answer = self.transport.post(batch.body, deadline=deadline)
         action = decide(answer)
         if action is Action.DELIVERED:
@@ -147,7 +150,7 @@ class Delivery:
         return Settled(), answer
 
     def _split(
-        self, queue: Queue, batch: Batch, first: Answer, deadline: float | None
+        self, queue: Queue, batch: Batch, first: Answer | None, deadline: float | None
     ) -> tuple[Settled, Answer]:
         """Send halves until each payload is delivered or refused alone; settle what is known.
 
@@ -160,16 +163,18 @@ class Delivery:
         verdicts: list[bool | None] = [None] * len(frames)
         stop: Answer | None = None
 
-        def probe(lo: int, hi: int, answer: Answer | None = None) -> bool:
-            nonlocal stop
-            body = b""
+        #: The first refusal of the batch (what the rejected-area line names).
+        refusal = first
+
+        def probe(lo: int, hi: int, answer: Answer | None) -> bool:
+            nonlocal stop, refusal
+            size = len(batch.header) + sum(len(frame) for _, frame in frames[lo:hi])
             if answer is None:
+                if hi - lo > 1 and size > self.max_batch_bytes:
+                    return halves(lo, hi)  # known too large: no need to ask
+                queue.renew(batch, self.lease_seconds)
                 body = batch.header + b"".join(frame for _, frame in frames[lo:hi])
-                if hi - lo > 1 and len(body) > self.max_batch_bytes:
-                    answer = Answer(413)  # known too large: no need to ask
-                else:
-                    queue.renew(batch, self.lease_seconds)
-                    answer = self.transport.post(body, deadline=deadline)
+                answer = self.transport.post(body, deadline=deadline)
             action = decide(answer)
             if action is Action.DELIVERED:
                 verdicts[lo:hi] = [True] * (hi - lo)
@@ -177,20 +182,25 @@ class Delivery:
             if action is not Action.SPLIT:
                 stop = answer
                 return False
-            if answer.status == 413:
-                self._shrink(len(body) if body else len(batch.body))
+            refusal = refusal or answer
+            if answer.status == 413:  # a real answer: the collector (or a proxy) said so
+                self._shrink(size)
             if hi - lo == 1:
                 verdicts[lo] = False
                 return True
+            return halves(lo, hi)
+
+        def halves(lo: int, hi: int) -> bool:
             mid = (lo + hi) // 2
-            return probe(lo, mid) and probe(mid, hi)
+            return probe(lo, mid, None) and probe(mid, hi, None)
 
         probe(0, len(frames), first)
-        if first.status == 400 and len(frames) > 1 and True not in verdicts and stop is None:
+        status = refusal.status if refusal is not None else 413
+        if status == 400 and len(frames) > 1 and True not in verdicts and stop is None:
             # Not one part was accepted: the collection itself is refused (its
             # header), not some events. Keep them all pending.
             queue.release(batch)
-            return Settled(), first
+            return Settled(), Answer(400)
         done = queue.settle(
             batch, verdicts, kept_maybe_sent=stop is not None and stop.status is None and stop.sent
         )
@@ -199,7 +209,7 @@ class Delivery:
             self.reporter.once(
                 f"the collector refused {done.rejected} events of session {batch.session} "
                 f"(nr {', '.join(map(str, refused[:10]))}{' ...' if len(refused) > 10 else ''}) "
-                f"with {first.status}; they are kept in the queue's rejected area "
+                f"with {status}; they are kept in the queue's rejected area "
                 "(see `hamustro-logging export --rejected` and `retry-rejected`)"
             )
         return done, stop if stop is not None else Answer(200)

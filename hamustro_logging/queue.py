@@ -93,7 +93,9 @@ __all__ = [
     "SafeDisk",
     "SessionInfo",
     "Settled",
+    "lease_held",
     "new_owner",
+    "parse_chunk_key",
 ]
 
 _PENDING = "s/pending"
@@ -116,6 +118,12 @@ _SETTINGS: dict[str, Any] = {
     "cull_limit": 0,
     "sqlite_mmap_size": 0,
     "sqlite_cache_size": 2048,
+    # The write-ahead log is copied into the database every 128 pages (512
+    # KiB; SQLite's default is 4 MiB) and shrinks back to 512 KiB after that:
+    # its growth stays well inside the free-space floor, so deletes (which
+    # write to it) still fit on a disk the queue filled to the floor.
+    "sqlite_wal_autocheckpoint": 128,
+    "sqlite_journal_size_limit": 512 << 10,
     # Every value stays inside cache.db (0600): diskcache would write a value
     # of this size or more to a file of its own, with the umask's modes.
     "disk_min_file_size": 1 << 62,
@@ -369,7 +377,7 @@ def _parse_chunk_key(key: str) -> tuple[str, str, int, int]:
     return session, hid, int(first_nr), int(count)
 
 
-def _parsed(key: str) -> tuple[str, str, int, int] | None:
+def parse_chunk_key(key: str) -> tuple[str, str, int, int] | None:
     """A chunk (or rejected) key's parts, or None if the key is not one we write."""
     try:
         session, hid, first, n = _parse_chunk_key(key)
@@ -439,6 +447,23 @@ def _token_owner(token: str) -> str:
     return token.rsplit("/", 1)[0]
 
 
+def lease_held(value: object, now_ms: int, gone: dict[str, bool]) -> bool:
+    """Whether a lease row's value (``token|expiry_ms``) still holds its chunk.
+
+    Not when it expired, nor when its owner was a process of this host that
+    no longer runs. ``gone`` remembers owners looked at (one look per owner).
+    """
+    if not isinstance(value, str):
+        return False
+    token, _, expiry = value.rpartition("|")
+    if not expiry.isdigit() or int(expiry) <= now_ms:
+        return False
+    owner = _token_owner(token)
+    if owner not in gone:
+        gone[owner] = _owner_gone(owner)
+    return not gone[owner]
+
+
 @contextlib.contextmanager
 def _folder_lock(directory: str) -> Iterator[None]:
     """An exclusive lock on the folder across processes (for setting a database aside)."""
@@ -449,6 +474,19 @@ def _folder_lock(directory: str) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
+
+
+def _keep_row(rows: list[tuple[str, Any]], key: Any, raw: Any, mode: Any, value: Any) -> None:
+    """Keep a row read from a damaged database if it is one of ours (never a pickle)."""
+    if (
+        raw == 1
+        and mode == diskcache.core.MODE_RAW
+        and isinstance(key, str)
+        and key[:2] in KEY_PREFIXES
+        and not key.startswith("s/")  # counters: rebuilt from the rows
+        and isinstance(value, (bytes, str, int))
+    ):
+        rows.append((key, value))
 
 
 def _file_id(path: str) -> tuple[int, int] | None:
@@ -657,7 +695,7 @@ class Queue:
             "SELECT key, length(value) FROM Cache WHERE key > 'e/' AND key < 'e0' AND raw = 1"
         )
         for key, length in rows:
-            parsed = _parsed(key)
+            parsed = parse_chunk_key(key)
             if parsed is not None:
                 pending += parsed[3]
                 size += length or 0
@@ -681,7 +719,7 @@ class Queue:
         if value is None:
             for prefix in (f"e/{session}/", f"r/{session}/", f"x/e/{session}/"):
                 for key in self._keys_with(prefix):
-                    parsed = _parsed(key.removeprefix("x/"))
+                    parsed = parse_chunk_key(key.removeprefix("x/"))
                     if parsed is not None:
                         highest = max(highest, parsed[2] + parsed[3] - 1)
             return highest
@@ -717,6 +755,12 @@ class Queue:
         free = st.f_bavail * st.f_frsize
         if free >= self.min_free_bytes:
             return
+        # The write-ahead log keeps what it grew to until it is checkpointed:
+        # give that back to the disk before refusing.
+        with contextlib.suppress(sqlite3.Error):
+            self._sql("PRAGMA wal_checkpoint(TRUNCATE)")
+        st = os.statvfs(self.directory)
+        free = st.f_bavail * st.f_frsize
         ((pages,),) = self._sql("PRAGMA freelist_count")
         ((page_size,),) = self._sql("PRAGMA page_size")
         if free + pages * page_size < self.min_free_bytes:
@@ -960,15 +1004,7 @@ class Queue:
             value = self._cache.get("l/" + key)
         except QueueCorrupt:
             return True
-        if not isinstance(value, str):
-            return True
-        token, _, expiry = value.rpartition("|")
-        if not expiry.isdigit() or int(expiry) <= now_ms:
-            return True
-        owner = _token_owner(token)
-        if owner not in gone:
-            gone[owner] = _owner_gone(owner)
-        return gone[owner]
+        return not lease_held(value, now_ms, gone)
 
     @_gated
     def claim(
@@ -1010,7 +1046,7 @@ class Queue:
                         break
                     lo = page[-1]
                     for key in page:
-                        parsed = _parsed(key)
+                        parsed = parse_chunk_key(key)
                         if parsed is None:
                             self._set_aside(key, "not a key this library writes")
                             continue
@@ -1198,7 +1234,7 @@ class Queue:
         prefix = "r/" if rejected else "e/"
         out: list[tuple[str, bytes, int, bytes]] = []
         for key in list(self._keys_with(prefix)):
-            parsed = _parsed(key)
+            parsed = parse_chunk_key(key)
             if parsed is None:
                 continue
             session, hid, first, _ = parsed
@@ -1248,7 +1284,7 @@ class Queue:
         """(first nr, last nr) of every unsent chunk of ``session`` (leased ones included)."""
         out = []
         for key in list(self._keys_with(f"e/{session}/")):
-            parsed = _parsed(key)
+            parsed = parse_chunk_key(key)
             if parsed is not None:
                 out.append((parsed[2], parsed[2] + parsed[3] - 1))
         return out
@@ -1262,7 +1298,7 @@ class Queue:
             "SELECT key, length(value) FROM Cache WHERE key > 'e/' AND key < 'e0' AND raw = 1"
         )
         for key, length in rows:
-            parsed = _parsed(key)
+            parsed = parse_chunk_key(key)
             if parsed is None:
                 continue
             session, _, first_nr, n = parsed
@@ -1310,6 +1346,30 @@ class Queue:
             f"{os.path.basename(aside)} and carried {carried} readable rows into a new one"
         )
 
+    @staticmethod
+    def _carry_one_by_one(con: sqlite3.Connection, last: int, rows: list[tuple[str, Any]]) -> int:
+        """Read rows after ``last`` by rowid, one lookup each, past the damage; the next start.
+
+        A damaged page stops a scan, but a lookup by rowid may still find
+        rows the scan would have reached. Gives up after 2,000 rowids in a
+        row without one.
+        """
+        misses, rowid = 0, last
+        while misses < 2000:
+            rowid += 1
+            try:
+                row = con.execute(
+                    "SELECT key, raw, mode, value FROM Cache WHERE rowid = ?", (rowid,)
+                ).fetchone()
+            except sqlite3.Error:
+                row = None
+            if row is None:
+                misses += 1
+                continue
+            misses = 0
+            _keep_row(rows, *row)
+        return rowid
+
     def _carry_rows(self, path: str) -> int:
         """Copy every readable row of ours from the database at ``path``; return how many."""
         rows: list[tuple[str, Any]] = []
@@ -1318,33 +1378,20 @@ class Queue:
         except sqlite3.Error:
             return 0
         with contextlib.closing(con):
-            last, step = 0, 1
-            for _ in range(100_000):  # a bounded walk past damaged pages
+            last = 0
+            for _ in range(1000):  # a bounded walk past damaged pages
                 try:
-                    page = con.execute(
+                    cursor = con.execute(
                         "SELECT rowid, key, raw, mode, value FROM Cache WHERE rowid > ? "
-                        "ORDER BY rowid LIMIT 500",
+                        "ORDER BY rowid",
                         (last,),
-                    ).fetchall()
-                except sqlite3.Error:
-                    last, step = last + step, step * 2
-                    if last > 1 << 40:
-                        break
-                    continue
-                if not page:
+                    )
+                    for rowid, key, raw, mode, value in cursor:  # kept as they come
+                        last = rowid
+                        _keep_row(rows, key, raw, mode, value)
                     break
-                step = 1
-                last = page[-1][0]
-                rows.extend(
-                    (key, value)
-                    for _, key, raw, mode, value in page
-                    if raw == 1
-                    and mode == diskcache.core.MODE_RAW
-                    and isinstance(key, str)
-                    and key[:2] in KEY_PREFIXES
-                    and not key.startswith("s/")  # counters: rebuilt from the rows
-                    and isinstance(value, (bytes, str, int))
-                )
+                except sqlite3.Error:  # a damaged page: read on, one row at a time
+                    last = self._carry_one_by_one(con, last, rows)
         with self._transaction():
             for key, value in rows:
                 if key.startswith("n/"):
@@ -1354,7 +1401,7 @@ class Queue:
                     continue
                 self._cache.set(key, value)
             for key in list(self._keys_with("e/")) + list(self._keys_with("r/")):
-                parsed = _parsed(key)
+                parsed = parse_chunk_key(key)
                 if parsed is not None:
                     last_nr = parsed[2] + parsed[3] - 1
                     self._known[parsed[0]] = max(self._known.get(parsed[0], 0), last_nr)

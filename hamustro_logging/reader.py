@@ -24,6 +24,7 @@ more in files of their own, from that file (opened with ``O_NOFOLLOW``).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import stat
@@ -35,7 +36,7 @@ from urllib.parse import quote
 import diskcache.core
 
 from .folder import DB_FILES
-from .queue import KEY_PREFIXES, QueueCorrupt, SessionInfo
+from .queue import KEY_PREFIXES, QueueCorrupt, SessionInfo, lease_held, parse_chunk_key
 from .wire import iter_frames
 
 __all__ = ["NotAQueue", "QueueReader", "recognise"]
@@ -104,14 +105,6 @@ def check_is_queue(directory: str | os.PathLike[str]) -> None:
     """Raise :class:`NotAQueue` unless ``directory`` holds a queue; writes nothing."""
     with QueueReader(directory):
         pass
-
-
-def _parse_chunk_key(key: str) -> tuple[str, str, int, int]:
-    try:
-        _, session, hid, first_nr, count = key.split("/")
-        return session, hid, int(first_nr), int(count)
-    except ValueError:
-        raise QueueCorrupt(f"queue has a malformed key {key[:60]!r}") from None
 
 
 class QueueReader:
@@ -186,41 +179,77 @@ class QueueReader:
 
     # -- what status and export read -------------------------------------------
 
+    def _int(self, key: str) -> int:
+        """A counter; a row that is not an int (tampered) reads as 0: a writer rebuilds it."""
+        try:
+            value = self.get(key, 0)
+        except QueueCorrupt:
+            return 0
+        return value if type(value) is int else 0
+
     def pending_count(self) -> int:
-        return int(self.get("s/pending", 0))
+        return self._int("s/pending")
 
     def pending_bytes(self) -> int:
-        return int(self.get("s/pending_bytes", 0))
+        return self._int("s/pending_bytes")
 
     def rejected_count(self) -> int:
-        return int(self.get("s/rejected", 0))
+        return self._int("s/rejected")
+
+    def aside_count(self) -> int:
+        """Rows set aside as unusable (``x/``)."""
+        return len(self.keys_with("x/"))
+
+    def iter_aside(self) -> Iterator[tuple[str, bytes]]:
+        """(original key, raw bytes) of every row set aside (nothing is unpickled)."""
+        for key in self.keys_with("x/"):
+            row = self._con.execute(
+                "SELECT value FROM Cache WHERE key = ? AND raw = 1", (key,)
+            ).fetchone()
+            value = row[0] if row else b""
+            yield key[2:], value if isinstance(value, bytes) else str(value).encode()
 
     def last_sync(self) -> float:
-        return int(self.get(_MARKER, 0)) / 1000
+        return self._int(_MARKER) / 1000
 
     def last_numbers(self) -> dict[str, int]:
-        return {key[2:]: int(self.get(key, 0)) for key in self.keys_with("n/")}
+        return {key[2:]: self._int(key) for key in self.keys_with("n/")}
 
     def sessions(self) -> list[SessionInfo]:
         """Per session: unsent and leased events, bytes and the oldest ``nr``."""
         out: dict[str, list[int]] = {}
+        now, gone = time.time_ns() // 1_000_000, dict[str, bool]()
         for key in self.keys_with("e/"):
-            session, _, first_nr, n = _parse_chunk_key(key)
+            parsed = parse_chunk_key(key)
+            if parsed is None:
+                continue
+            session, _, first_nr, n = parsed
             info = out.setdefault(session, [0, 0, 0, first_nr])
             info[0] += n
-            if self.get("l/" + key) is not None:
-                info[1] += n
-            value = self.get(key)
-            info[2] += len(value) if isinstance(value, bytes) else 0
+            with contextlib.suppress(QueueCorrupt):
+                if lease_held(self.get("l/" + key), now, gone):
+                    info[1] += n
+            with contextlib.suppress(QueueCorrupt):
+                value = self.get(key)
+                info[2] += len(value) if isinstance(value, bytes) else 0
             info[3] = min(info[3], first_nr)
         return [SessionInfo(s, *v) for s, v in out.items()]
 
     def iter_events(self, rejected: bool = False) -> Iterator[tuple[str, bytes, int, bytes]]:
-        """(session, header, nr, framed payload) of every pending (or rejected) event."""
+        """(session, header, nr, framed payload) of every pending (or rejected) event.
+
+        Rows that cannot be read are left out (a writer sets them aside).
+        """
         for key in self.keys_with("r/" if rejected else "e/"):
-            session, hid, first, _ = _parse_chunk_key(key)
-            value, header = self.get(key), self.get(f"h/{session}/{hid}")
-            if not isinstance(value, bytes) or not isinstance(header, bytes):
+            parsed = parse_chunk_key(key)
+            if parsed is None:
                 continue
-            for i, frame in enumerate(iter_frames(value)):
-                yield session, header, first + i, frame
+            session, hid, first, _ = parsed
+            try:
+                value, header = self.get(key), self.get(f"h/{session}/{hid}")
+                frames = list(iter_frames(value)) if isinstance(value, bytes) else []
+            except (QueueCorrupt, ValueError, IndexError):
+                continue
+            if isinstance(header, bytes):
+                for i, frame in enumerate(frames):
+                    yield session, header, first + i, frame

@@ -165,9 +165,6 @@ def test_a_damaged_row_is_set_aside_and_every_other_event_goes_out(
         assert t.flush(timeout=10) is True
 
 
-@pytest.mark.xfail(
-    strict=True, reason="`hamustro-logging status` does not show the rows set aside (x/) yet"
-)
 def test_status_shows_the_rows_set_aside(tmp_path: Path, collector: DevCollector) -> None:
     folder = tmp_path / "queue"
     fill(collector, folder, 3)
@@ -323,14 +320,7 @@ def readable(path: Path, session: str) -> tuple[set[int], int]:
     return found, counter
 
 
-#: Queue._carry_rows reads 500 rows a query: one unreadable row among them loses them all.
-_CARRY_BUG = pytest.mark.xfail(
-    strict=True, reason="rows before a damaged page are not carried (Queue._carry_rows)"
-)
-SPOILS = [
-    pytest.param(name, marks=_CARRY_BUG) if name == "last table leaf overwritten" else name
-    for name in SPOIL
-]
+SPOILS = list(SPOIL)
 
 
 def check_delivery(

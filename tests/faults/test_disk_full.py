@@ -98,11 +98,6 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the write-ahead log keeps the disk: cache.db-wal grows to ~3 MiB (autocheckpoint "
-    "at 1000 pages, never truncated), so only ~67 events fit and none is accepted after draining",
-)
 def test_a_small_disk_filled_by_the_queue_drains_when_the_collector_is_back(
     small_disk: Path,
 ) -> None:

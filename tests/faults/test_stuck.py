@@ -43,11 +43,6 @@ def log() -> Iterator[logging.Logger]:
 # -- 413: a body too large for a proxy ------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Delivery._split shrinks max_batch_bytes on the 413s it only assumes (bodies over the "
-    "limit are not sent), so one real 413 halves it down to 4096 bytes",
-)
 def test_413_splits_remembers_the_size_and_delivers_everything_once(
     tmp_path: Path, collector: DevCollector
 ) -> None:
@@ -84,11 +79,6 @@ def test_413_splits_remembers_the_size_and_delivers_everything_once(
         assert len(collector.wait_for(620)) == 620
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a stored chunk over the learnt size is still posted whole (Delivery._send), and "
-    "_split's assumed 413s shrink the size to 4096 bytes",
-)
 def test_413_with_the_handler_later_batches_fit_too(
     tmp_path: Path, collector: DevCollector, log: logging.Logger
 ) -> None:
