@@ -655,6 +655,7 @@ def _cmd_flush(args: argparse.Namespace) -> int:
     except (TypeError, ValueError) as exc:
         raise UsageError(str(exc)) from None
     sent = failed = 0
+    tracker.delivery.one_shot = True
     with tracker:
         pending = tracker.queue.pending_count()
         show = sys.stderr.isatty() and pending > PROGRESS_MIN_EVENTS

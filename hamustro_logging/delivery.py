@@ -76,6 +76,9 @@ class Delivery:
         # once when it was a process of this host).
         self.lease_seconds = transport.max_duration + _LEASE_MARGIN
         self.retry_at = 0.0  # time.monotonic() before which we do not try again
+        #: A one-shot sender (the CLI's flush) does not try again by itself:
+        #: its messages do not promise a next try.
+        self.one_shot = False
         self._held: dict[str, tuple[Backoff, float]] = {}  # session -> backoff, held until
         self._lock = threading.Lock()
 
@@ -245,8 +248,13 @@ class Delivery:
             f"session {batch.session}",
             f"the collector refuses every event of session {batch.session} with "
             f"{answer.status} (its collection header); the other sessions go on",
-            f"; {batch.count} events kept on disk, next try in {delay:.0f} s",
+            self._kept(batch, delay),
         )
+
+    def _kept(self, batch: Batch, delay: float) -> str:
+        if self.one_shot:
+            return f"; {batch.count} events kept on disk"
+        return f"; {batch.count} events kept on disk, next try in {delay:.0f} s"
 
     def _failed(self, batch: Batch, answer: Answer) -> None:
         delay = self.backoff.next_delay(answer)
@@ -256,5 +264,5 @@ class Delivery:
         self.reporter.problem(
             "send",
             f"cannot deliver to {self.transport.shown_url}: {message}",
-            f"; {batch.count} events kept on disk, next try in {delay:.0f} s",
+            self._kept(batch, delay),
         )

@@ -20,7 +20,7 @@ import diskcache
 
 from .config import Spec, resolve
 from .flusher import ON_FULL, Flusher
-from .mapping import EventError, map_record
+from .mapping import EventError, describe, map_record
 from .tracker import TRACKER_OPTIONS, ClientTracker
 from .wire import Event
 
@@ -285,8 +285,13 @@ class HamustroHandler(logging.Handler):
         exc = sys.exc_info()[1]
         reason = "invalid" if isinstance(exc, EventError) else "error"
         self.tracker.stats_counters.drop(reason)
-        what = str(exc) if isinstance(exc, EventError) else f"{type(exc).__name__}: {exc}"
-        self.tracker.reporter.once(f"event from logger {record.name!r} not queued: {what}")
+        # describe(): even an exception whose __str__ raises is said, not raised.
+        what = "unknown error" if exc is None else describe(exc).removeprefix("EventError: ")
+        try:
+            name = str(record.name)
+        except Exception:
+            name = "?"
+        self.tracker.reporter.once(f"event from logger {name!r} not queued: {what}")
 
     # The stdlib's flush returns None; this one says whether everything was sent.
     def flush(self, timeout: float | None = None) -> bool:  # type: ignore[override]

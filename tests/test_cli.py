@@ -301,6 +301,7 @@ def test_flush_to_a_dead_collector_exits_1_and_keeps_everything(
     captured = capsys.readouterr()
     assert captured.out == "sent 0, failed attempts 1, left 3\n"
     assert "connection refused" in captured.err
+    assert "next try" not in captured.err  # a one-shot flush does not try again by itself
     assert queue_state(queue_dir)[0] == 3
     # Nothing stays leased: the collector, back at that URL, gets everything at once.
     with collector_at(url) as revived:

@@ -135,3 +135,25 @@ def test_a_huge_event_name_is_reported_as_the_event_field(tmp_path: Path) -> Non
         pytest.raises(ValueError, match="field 'event': the event is 10000000 bytes"),
     ):
         t.track_event("x" * 10_000_000)
+
+
+class _BadMapping(HamustroHandler):
+    def map_record(self, record: logging.LogRecord) -> Any:
+        raise _Unprintable  # an override whose error cannot even be printed
+
+
+def test_an_unprintable_error_from_a_map_record_override_never_reaches_the_app(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    handler = _BadMapping(**tracker_config("http://127.0.0.1:9", tmp_path))
+    log = logging.getLogger("edges.bad-mapping")
+    log.addHandler(handler)
+    log.propagate = False
+    try:
+        log.warning("x", extra={"event": "e"})  # must not raise
+        stats = handler.stats()
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+    assert stats["dropped"] == {"error": 1}
+    assert "_Unprintable (its message cannot be shown)" in capfd.readouterr().err
