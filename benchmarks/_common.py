@@ -5,16 +5,21 @@ Not a benchmark itself (the leading underscore keeps ``run_all.py`` from running
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import socket
 import subprocess
 import sys
+import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, TypedDict
 
 from hamustro_logging import HamustroHandler
+from hamustro_logging.collector import DevCollector
 
 SECRET = "bench-secret"  # noqa: S105 -- a benchmark's throwaway secret
 
@@ -47,7 +52,7 @@ class Collector:
     writes (and flushes) a request's lines before it answers 200.
     """
 
-    def __init__(self, output: Path) -> None:
+    def __init__(self, output: Path, port: int = 0) -> None:
         self.output = output
         self.process = subprocess.Popen(
             [
@@ -55,7 +60,7 @@ class Collector:
                 "-m",
                 "hamustro_logging.collector",
                 "--port",
-                "0",
+                str(port),
                 "--secret",
                 SECRET,
                 "--output",
@@ -106,6 +111,22 @@ class Collector:
         self.stop()
 
 
+@contextlib.contextmanager
+def dev_collector(output: Path | None = None) -> Iterator[DevCollector]:
+    """A started ``DevCollector`` on loopback, in this process, keeping no events in memory.
+
+    Its JSON lines go to ``output`` (``/dev/null`` when None). It serves
+    from threads of this process, so it shares the interpreter (and the GIL)
+    with whatever this process does: the benchmarks that use it say so.
+    """
+    with open(output or os.devnull, "w", encoding="utf-8") as sink:
+        collector = DevCollector(secret=SECRET, output=sink, keep_events=False).start()
+        try:
+            yield collector
+        finally:
+            collector.stop()
+
+
 def dead_url() -> str:
     """A loopback URL on a port nobody listens on (bound, then closed)."""
     with socket.create_server(("127.0.0.1", 0)) as server:
@@ -128,6 +149,134 @@ def make_logger(name: str, handler: logging.Handler) -> logging.Logger:
         log.removeHandler(old)
     log.addHandler(handler)
     return log
+
+
+def buffered(handler: HamustroHandler) -> Callable[[], int]:
+    """A cheap probe of the events ``handler`` holds in memory, not yet written to disk.
+
+    ``len()`` of the spool buffer (the ``buffered`` of ``stats()``, without
+    the queue look-ups ``stats()`` also makes); ``stats()["buffered"]`` if
+    the handler keeps its buffer elsewhere.
+    """
+    buffer = getattr(getattr(handler, "_flusher", None), "buffer", None)
+    if buffer is not None:
+        return lambda: len(buffer)
+    return lambda: int(handler.stats()["buffered"])
+
+
+def not_on_disk(handler: HamustroHandler, logged: list[int]) -> Callable[[], int]:
+    """A probe of the events logged but not committed to disk yet: the crash window.
+
+    ``logged[0]`` is the producer's count of ``log.info`` calls returned;
+    from it go the events the handler committed (``queued``, counted after
+    the transaction) and those it dropped. Unlike the buffer length this
+    includes the chunk the spool thread took out of the buffer and is
+    writing. ``queued`` is read before ``logged``, so a sample may count
+    the few events logged in between (never fewer than the truth).
+    """
+    counters = handler.tracker.stats_counters
+
+    def probe() -> int:
+        queued, dropped = counters.queued, sum(counters.dropped.values())
+        return max(0, logged[0] - queued - dropped)
+
+    return probe
+
+
+@dataclass
+class Sampler:
+    """A daemon thread that reads ``probes`` every ``interval`` seconds and keeps the values.
+
+    It sleeps between samples and needs the GIL to take one, so a busy
+    producer stretches the interval (``effective_interval`` says by how much).
+    """
+
+    probes: dict[str, Callable[[], int]]
+    interval: float = 0.001
+    values: dict[str, list[int]] = field(default_factory=dict)
+    elapsed: float = 0.0
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def __enter__(self) -> Sampler:
+        self.values = {name: [] for name in self.probes}
+        self._thread = threading.Thread(target=self._run, name="bench-sampler", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _run(self) -> None:
+        start = time.perf_counter()
+        probes = [(self.probes[name], self.values[name]) for name in self.probes]
+        while not self._stop.is_set():
+            for probe, out in probes:
+                out.append(probe())
+            time.sleep(self.interval)
+        self.elapsed = time.perf_counter() - start
+
+    @property
+    def samples(self) -> int:
+        return min((len(v) for v in self.values.values()), default=0)
+
+    @property
+    def effective_interval(self) -> float:
+        return self.elapsed / max(1, self.samples)
+
+    def max(self, name: str) -> int:
+        return max(self.values[name], default=0)
+
+    def percentile(self, name: str, q: float) -> int:
+        values = sorted(self.values[name])
+        return values[min(len(values) - 1, int(len(values) * q))] if values else 0
+
+
+def paced(
+    log_one: Callable[[int], None], rate: float | None, duration: float, done: list[int]
+) -> tuple[int, float]:
+    """Call ``log_one(i)`` for i = 0, 1, ... at ``rate`` calls/s (None: as fast as it can).
+
+    Event ``i`` is due ``i / rate`` seconds after the start; the loop logs
+    whatever is due, then sleeps until the next one is (at most 1 ms), so a
+    producer that fell behind catches up in a burst, as arrivals at a fixed
+    rate would. ``done[0]`` is kept at the count of calls returned. Stops
+    after ``duration`` seconds; returns (calls, seconds).
+    """
+    clock = time.perf_counter
+    start = clock()
+    i = 0
+    while True:
+        elapsed = clock() - start
+        if elapsed >= duration:
+            break
+        # At most 256 calls between looks at the clock, so a catch-up burst
+        # (or a slow emit) cannot run far past ``duration``.
+        target = i + 256 if rate is None else min(int(elapsed * rate) + 1, i + 256)
+        if target <= i:
+            assert rate is not None
+            time.sleep(min((i + 1) / rate - elapsed, 0.001))
+            continue
+        while i < target:
+            log_one(i)
+            i += 1
+            done[0] = i
+    return i, clock() - start
+
+
+def load() -> str:
+    """The load averages (1, 5, 15 min), as ``uptime`` shows them, with the core count."""
+    one, five, fifteen = os.getloadavg()
+    return f"load {one:.2f} {five:.2f} {fifteen:.2f} on {os.cpu_count()} cores"
+
+
+def handler_options(handler: HamustroHandler) -> str:
+    """The handler options these benchmarks are about, as set (and those it may not have)."""
+    names = ("durable", "max_buffer", "on_full")
+    shown = [f"{n}={getattr(handler, n)!r}" for n in names if hasattr(handler, n)]
+    return ", ".join([*shown, f"queue_size={handler.tracker.queue_size}"])
 
 
 def rss_kib() -> int:

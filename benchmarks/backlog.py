@@ -3,7 +3,9 @@
     python benchmarks/backlog.py [--events 1000000] [--quick]
 
 1. Fill the folder fast with ``ClientTracker.store`` in batches of 5,000
-   (events made by ``build_event``), the collector URL on a dead port.
+   (events made by ``build_event``), the collector URL on a dead port: the
+   port the live collector of step 4 listens on later (a folder sends its
+   events only to the collector they were logged for).
 2. Open a ``HamustroHandler`` on it in a fresh subprocess (collector still
    dead): constructor time and ``VmRSS`` right after it and one second later
    (the send thread has tried by then), against the same subprocess opening
@@ -23,6 +25,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from _common import (
     EXTRA,
@@ -42,12 +45,12 @@ from hamustro_logging import ClientTracker, build_event
 BATCH = 5_000
 
 
-def fill(folder: Path, n: int) -> float:
+def fill(folder: Path, url: str, n: int) -> float:
     """Store ``n`` events in ``folder``; return events/s."""
     event = build_event(EXTRA["event"], EXTRA["user_id"], EXTRA["params"], at=time.time())
     events = [event] * BATCH
     start = time.perf_counter()
-    with ClientTracker(dead_url(), SECRET, queue_dir=folder, **IDS) as tracker:
+    with ClientTracker(url, SECRET, queue_dir=folder, **IDS) as tracker:
         for done in range(0, n, BATCH):
             tracker.store(events[: min(BATCH, n - done)])
         if tracker.queue.pending_count() != n:
@@ -66,11 +69,11 @@ def du(folder: Path) -> tuple[int, int]:
     return blocks, size
 
 
-def child_open(folder: str) -> None:
-    """In a fresh process: open a handler on ``folder`` (dead collector) and print figures."""
+def child_open(folder: str, url: str) -> None:
+    """In a fresh process: open a handler on ``folder`` (``url``: dead) and print figures."""
     before = rss_kib()
     start = time.perf_counter()
-    handler = make_handler(dead_url(), Path(folder), close_timeout=1.0)
+    handler = make_handler(url, Path(folder), close_timeout=1.0)
     opened = time.perf_counter() - start
     at_open = rss_kib()
     time.sleep(1.0)
@@ -90,9 +93,9 @@ def child_open(folder: str) -> None:
     )
 
 
-def measure_open(folder: Path) -> dict[str, float]:
+def measure_open(folder: Path, url: str) -> dict[str, float]:
     out = subprocess.run(
-        [sys.executable, __file__, "--child-open", str(folder)],
+        [sys.executable, __file__, "--child-open", str(folder), url],
         check=True,
         capture_output=True,
         text=True,
@@ -101,9 +104,9 @@ def measure_open(folder: Path) -> dict[str, float]:
     return figures
 
 
-def drain(folder: Path, tmp: Path, n: int) -> tuple[float, int]:
+def drain(folder: Path, tmp: Path, port: int, n: int) -> tuple[float, int]:
     """(events/s from opening a handler on the backlog to the last event accepted, pending left)."""
-    with Collector(tmp / "events.jsonl") as collector:
+    with Collector(tmp / "events.jsonl", port) as collector:
         start = time.perf_counter()
         handler = make_handler(collector.url, folder)
         end = collector.wait_lines(n, timeout=1800)
@@ -120,10 +123,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--quick", action="store_true", help="small sizes, a smoke run")
-    parser.add_argument("--child-open", metavar="FOLDER", help=argparse.SUPPRESS)
+    parser.add_argument("--child-open", nargs=2, metavar=("FOLDER", "URL"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child_open:
-        child_open(args.child_open)
+        child_open(*args.child_open)
         return
     if args.quick:
         args.events = 20_000
@@ -132,13 +135,17 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="hamustro-bench-") as name:
         tmp = Path(name)
         folder, empty = tmp / "backlog", tmp / "empty"
-        fill_rate = fill(folder, n)
+        # The live collector of the drain listens on this port later; dead until then.
+        url = dead_url()
+        port = urlsplit(url).port
+        assert port is not None
+        fill_rate = fill(folder, url, n)
         disk, apparent = du(folder)
-        empty_open = measure_open(empty)
-        full_open = measure_open(folder)
+        empty_open = measure_open(empty, url)
+        full_open = measure_open(folder, url)
         if full_open["pending"] != n:
             raise RuntimeError(f"the reopened queue has {full_open['pending']} events, not {n}")
-        drain_rate, left = drain(folder, tmp, n)
+        drain_rate, left = drain(folder, tmp, port, n)
 
     mib = 1024.0
     rss_delta = (full_open["rss_1s"] - empty_open["rss_1s"]) / mib

@@ -1,9 +1,12 @@
 """Run every benchmark, one after the other, each in its own process, and print all figures.
 
-    python benchmarks/run_all.py [--quick]
+    python benchmarks/run_all.py [--quick] [--skip-long] [--only NAME[,NAME...]]
 
 ``--quick`` gives each script small sizes (a smoke run, figures meaningless).
-Ends with the list of targets not met; exits non-zero only if a script failed.
+``--skip-long`` leaves out the scripts that take minutes at full size
+(backlog.py, crash_window.py, kill_loop.py); ``--only`` runs just the named
+scripts (with or without ``.py``). Ends with the list of targets not met;
+exits non-zero only if a script failed.
 """
 
 from __future__ import annotations
@@ -23,7 +26,12 @@ SCRIPTS: list[tuple[str, list[str]]] = [
     ("backlog.py", ["--quick"]),
     ("multiprocess.py", ["--quick"]),
     ("dead_collector.py", ["--quick"]),
+    ("sustained.py", ["--quick"]),
+    ("crash_window.py", ["--quick"]),
+    ("kill_loop.py", ["--quick"]),
 ]
+#: Scripts that take minutes at full size: --skip-long leaves them out.
+LONG = {"backlog.py", "crash_window.py", "kill_loop.py"}
 
 
 def run(script: str, args: list[str]) -> tuple[int, list[str]]:
@@ -42,11 +50,22 @@ def run(script: str, args: list[str]) -> tuple[int, list[str]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, a smoke run")
+    parser.add_argument("--skip-long", action="store_true", help=f"leave out {', '.join(LONG)}")
+    parser.add_argument("--only", help="comma-separated script names: run just these")
     args = parser.parse_args()
+    scripts = SCRIPTS
+    if args.only:
+        wanted = {n.strip().removesuffix(".py") + ".py" for n in args.only.split(",")}
+        unknown = wanted - {script for script, _ in SCRIPTS}
+        if unknown:
+            parser.error(f"no such benchmark: {', '.join(sorted(unknown))}")
+        scripts = [(script, a) for script, a in SCRIPTS if script in wanted]
+    if args.skip_long:
+        scripts = [(script, a) for script, a in scripts if script not in LONG]
 
     failed: list[str] = []
     not_met: list[str] = []
-    for script, quick_args in SCRIPTS:
+    for script, quick_args in scripts:
         print(f"\n=== {script} {' '.join(quick_args) if args.quick else ''}".rstrip(), flush=True)
         start = time.perf_counter()
         status, lines = run(script, quick_args if args.quick else [])
