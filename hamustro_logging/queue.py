@@ -72,7 +72,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Container, Iterator, Mapping, Sequence
+from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
@@ -96,6 +96,7 @@ __all__ = [
     "lease_held",
     "new_owner",
     "parse_chunk_key",
+    "summarize_sessions",
 ]
 
 _PENDING = "s/pending"
@@ -487,6 +488,31 @@ def _keep_row(rows: list[tuple[str, Any]], key: Any, raw: Any, mode: Any, value:
         and isinstance(value, (bytes, str, int))
     ):
         rows.append((key, value))
+
+
+def summarize_sessions(
+    chunks: Iterable[tuple[str, int | None]], get: Callable[[str], object]
+) -> list[SessionInfo]:
+    """Per session: unsent and leased events, bytes and the oldest ``nr``.
+
+    ``chunks`` are (chunk key, bytes) pairs; ``get`` reads a row (for the
+    leases). Shared by :class:`Queue` and the read-only reader.
+    """
+    out: dict[str, list[int]] = {}
+    now, gone = _now_ms(), dict[str, bool]()
+    for key, length in chunks:
+        parsed = parse_chunk_key(key)
+        if parsed is None:
+            continue
+        session, _, first_nr, n = parsed
+        info = out.setdefault(session, [0, 0, 0, first_nr])
+        info[0] += n
+        with contextlib.suppress(QueueCorrupt):
+            if lease_held(get("l/" + key), now, gone):
+                info[1] += n
+        info[2] += length or 0
+        info[3] = min(info[3], first_nr)
+    return [SessionInfo(s, *v) for s, v in out.items()]
 
 
 def _file_id(path: str) -> tuple[int, int] | None:
@@ -1292,23 +1318,10 @@ class Queue:
     @_gated
     def sessions(self) -> list[SessionInfo]:
         """Per session: unsent and leased events, bytes and the oldest ``nr``."""
-        out: dict[str, list[int]] = {}
-        now, gone = _now_ms(), dict[str, bool]()
         rows = self._sql(
             "SELECT key, length(value) FROM Cache WHERE key > 'e/' AND key < 'e0' AND raw = 1"
         )
-        for key, length in rows:
-            parsed = parse_chunk_key(key)
-            if parsed is None:
-                continue
-            session, _, first_nr, n = parsed
-            info = out.setdefault(session, [0, 0, 0, first_nr])
-            info[0] += n
-            if not self._lease_free(key, now, gone):
-                info[1] += n
-            info[2] += length or 0
-            info[3] = min(info[3], first_nr)
-        return [SessionInfo(s, *v) for s, v in out.items()]
+        return summarize_sessions(rows, self._cache.get)
 
     @_gated
     def close(self) -> None:

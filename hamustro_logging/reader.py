@@ -24,7 +24,6 @@ more in files of their own, from that file (opened with ``O_NOFOLLOW``).
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sqlite3
 import stat
@@ -36,7 +35,13 @@ from urllib.parse import quote
 import diskcache.core
 
 from .folder import DB_FILES
-from .queue import KEY_PREFIXES, QueueCorrupt, SessionInfo, lease_held, parse_chunk_key
+from .queue import (
+    KEY_PREFIXES,
+    QueueCorrupt,
+    SessionInfo,
+    parse_chunk_key,
+    summarize_sessions,
+)
 from .wire import iter_frames
 
 __all__ = ["NotAQueue", "QueueReader", "recognise"]
@@ -217,23 +222,11 @@ class QueueReader:
 
     def sessions(self) -> list[SessionInfo]:
         """Per session: unsent and leased events, bytes and the oldest ``nr``."""
-        out: dict[str, list[int]] = {}
-        now, gone = time.time_ns() // 1_000_000, dict[str, bool]()
-        for key in self.keys_with("e/"):
-            parsed = parse_chunk_key(key)
-            if parsed is None:
-                continue
-            session, _, first_nr, n = parsed
-            info = out.setdefault(session, [0, 0, 0, first_nr])
-            info[0] += n
-            with contextlib.suppress(QueueCorrupt):
-                if lease_held(self.get("l/" + key), now, gone):
-                    info[1] += n
-            with contextlib.suppress(QueueCorrupt):
-                value = self.get(key)
-                info[2] += len(value) if isinstance(value, bytes) else 0
-            info[3] = min(info[3], first_nr)
-        return [SessionInfo(s, *v) for s, v in out.items()]
+        rows = self._con.execute(
+            "SELECT key, length(value) FROM Cache WHERE raw = 1 AND typeof(key) = 'text' "
+            "AND key > 'e/' AND key < 'e0'"
+        )
+        return summarize_sessions(rows, self.get)
 
     def iter_events(self, rejected: bool = False) -> Iterator[tuple[str, bytes, int, bytes]]:
         """(session, header, nr, framed payload) of every pending (or rejected) event.

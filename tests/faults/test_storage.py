@@ -7,7 +7,6 @@ import logging
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,17 +15,6 @@ from hamustro_logging import HamustroHandler
 from hamustro_logging.collector import DevCollector
 
 from ..support import tracker_config
-
-
-@pytest.fixture
-def log() -> Iterator[logging.Logger]:
-    logger = logging.getLogger("tests.storage")
-    logger.setLevel(logging.INFO)
-    logger.propagate = False
-    yield logger
-    for handler in list(logger.handlers):
-        logger.removeHandler(handler)
-        handler.close()
 
 
 def remove(folder: Path) -> None:

@@ -12,10 +12,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from hamustro_logging import ClientTracker, HamustroHandler
 from hamustro_logging.collector import DevCollector
@@ -27,17 +24,6 @@ from ..support import numbers, tracker_config
 ROOT = Path(__file__).resolve().parents[2]
 #: A params value of about 1 KB.
 KB = {"pad": "x" * 1000}
-
-
-@pytest.fixture
-def log() -> Iterator[logging.Logger]:
-    logger = logging.getLogger("tests.stuck")
-    logger.setLevel(logging.INFO)
-    logger.propagate = False
-    yield logger
-    for handler in list(logger.handlers):
-        logger.removeHandler(handler)
-        handler.close()
 
 
 # -- 413: a body too large for a proxy ------------------------------------------------------
