@@ -28,6 +28,7 @@ pickled, and :class:`SafeDisk` refuses to unpickle what a tampered file holds):
 ``h/{session}/{hid}``                       the collection header, fields 1-7 (bytes)
 ``d/{session}/{hid}``                       the destination (collector and key) it is for (str)
 ``n/{session}``                             last ``nr`` given in the session (int)
+``u/{client_id}``                           the user set with ``set_user`` (str: JSON)
 ``s/pending``, ``s/pending_bytes``          unsent events and their bytes (int)
 ``s/last_sync``                             epoch milliseconds of the last 200 (int)
 ``s/rejected``, ``s/aside``                 rows in ``r/`` and in ``x/`` (int)
@@ -64,6 +65,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import functools
+import json
 import logging
 import os
 import socket
@@ -80,7 +82,7 @@ import diskcache
 import diskcache.core
 
 from . import folder
-from .wire import UINT32_MAX, Event, encode_payloads, iter_frames, md5hex
+from .wire import UINT32_MAX, encode_payloads, iter_frames, md5hex
 
 __all__ = [
     "Appended",
@@ -106,7 +108,7 @@ _REJECTED = "s/rejected"
 _ASIDE = "s/aside"
 _DB = "cache.db"
 #: Every key this library writes starts with one of these (see the table above).
-KEY_PREFIXES = ("e/", "l/", "m/", "r/", "x/", "h/", "d/", "n/", "s/")
+KEY_PREFIXES = ("e/", "l/", "m/", "r/", "x/", "h/", "d/", "n/", "s/", "u/")
 
 #: SQLite settings. ``eviction_policy='none'``: diskcache is a cache and by
 #: default evicts old items past 1 GB; a queue must never do that. Small page
@@ -813,10 +815,11 @@ class Queue:
         self,
         session: str,
         hid: str,
-        events: Sequence[Event],
+        events: Sequence[Any],
         default_ip: bytes | None = None,
         *,
         busy_timeout: float | None = None,
+        encode: Callable[[Sequence[Any], int, bytes | None], list[bytes]] = encode_payloads,
     ) -> Appended:
         """Number and store ``events``.
 
@@ -829,6 +832,10 @@ class Queue:
         that do not fit are refused and counted in ``Appended.dropped``:
         new events are refused rather than old ones deleted, so what is
         stored stays until the collector has it.
+
+        ``encode`` frames the events of the session's schema (schema 1's
+        :func:`~hamustro_logging.wire.encode_payloads` by default), numbered
+        from the given ``nr`` on.
 
         Raises :class:`DiskSpaceLow` under the free-space floor and
         :class:`QueueBusy` when another process holds the write lock for
@@ -849,7 +856,7 @@ class Queue:
                         )
                     cache.set(f"n/{session}", first + count - 1)
                     self._known[session] = first + count - 1
-            frames = encode_payloads(events[:count], first, default_ip)
+            frames = encode(events[:count], first, default_ip)
             size = 0
             for i, frame in enumerate(frames):
                 size += len(frame)
@@ -1224,6 +1231,33 @@ class Queue:
                     cache.delete(key)
                     freed += 1
         return freed
+
+    # -- the user (schema 2's SetUser / LoadUser) ----------------------------------
+
+    @_gated
+    def set_user(self, client_id: str, tenant_id: str | None, user_id: str | None) -> None:
+        """Remember the signed-in user of ``client_id`` (None: signed out), for later runs too."""
+        with self._transaction():
+            if tenant_id is None and user_id is None:
+                self._cache.delete(f"u/{client_id}")
+            else:
+                value = json.dumps({"tenant_id": tenant_id, "user_id": user_id})
+                self._cache.set(f"u/{client_id}", value)
+
+    @_gated
+    def load_user(self, client_id: str) -> tuple[str | None, str | None]:
+        """(tenant_id, user_id) stored by :meth:`set_user`; (None, None) if none (or unreadable)."""
+        try:
+            doc = json.loads(self._cache.get(f"u/{client_id}") or "{}")
+        except (QueueCorrupt, TypeError, ValueError):
+            return None, None
+        if not isinstance(doc, dict):
+            return None, None
+        tenant, user = doc.get("tenant_id"), doc.get("user_id")
+        return (
+            tenant if isinstance(tenant, str) else None,
+            user if isinstance(user, str) else None,
+        )
 
     # -- the rejected area and rows set aside ----------------------------------
 

@@ -115,3 +115,16 @@ def test_a_backlog_is_read_lazily(tmp_path: Path) -> None:
     batch = reopened.claim("a", 60, max_events=250)
     assert batch is not None and batch.count == 200  # whole chunks, within the limit
     assert len(list(iter_frames(batch.data))) == 200
+
+
+def test_set_user_survives_a_new_queue_object_and_signing_out_forgets_it(tmp_path: Path) -> None:
+    q = Queue(tmp_path)
+    assert q.load_user("client-1") == (None, None)
+    q.set_user("client-1", "acme", "u-7")
+    q.close()
+    q = Queue(tmp_path)  # a later run
+    assert q.load_user("client-1") == ("acme", "u-7")
+    assert q.load_user("client-2") == (None, None)
+    q.set_user("client-1", None, None)
+    assert q.load_user("client-1") == (None, None)
+    q.close()
