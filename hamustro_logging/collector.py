@@ -564,7 +564,9 @@ class DevCollector:
         elif media_type == "application/protobuf":
             try:
                 collection.ParseFromString(body)
-            except DecodeError as exc:
+            except (DecodeError, UnicodeDecodeError) as exc:
+                # UnicodeDecodeError: only the pure-Python runtime (protobuf < 4.21)
+                # checks a proto2 string's UTF-8; upb, like Go, keeps the bytes.
                 return _Answer(400, f"Unmarshaling protobuf is failed: {exc}")
             if not collection.IsInitialized():
                 unset = ", ".join(_missing_fields(collection))
