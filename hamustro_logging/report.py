@@ -8,7 +8,9 @@ does: one line when a streak of failures starts (or its cause changes), a
 reminder at most every ``remind_after`` seconds while it lasts, and one line
 when it ends. Any secret given to the reporter is blanked out of every line.
 
-Called from any thread; a lock keeps lines whole.
+Called from any thread. Lines are written after the reporter's lock is
+released: stderr may be routed into ``logging``, whose handlers take locks of
+their own.
 """
 
 from __future__ import annotations
@@ -70,22 +72,25 @@ class Reporter:
         on; ``detail`` (counts, delays) is printed with it but not compared.
         """
         now = time.monotonic()
+        line = None
         with self._lock:
             old = self._streaks.get(kind)
             count = old[2] + 1 if old else 1
             if old is None or old[0] != message or now - old[1] >= self.remind_after:
                 self._streaks[kind] = (message, now, count)
                 line = message + detail
-                self._say(line if count == 1 else f"{line} ({count} failures so far)")
+                line = line if count == 1 else f"{line} ({count} failures so far)"
             else:
                 self._streaks[kind] = (old[0], old[1], count)
+        if line is not None:
+            self._say(line)
 
     def recovered(self, kind: str, message: str) -> None:
         """The streak of ``kind`` is over; said only if there was one."""
         with self._lock:
             old = self._streaks.pop(kind, None)
-            if old is not None:
-                self._say(f"{message} (after {old[2]} failures)")
+        if old is not None:
+            self._say(f"{message} (after {old[2]} failures)")
 
     def once(self, message: str) -> None:
         """A single line, e.g. a bad record.
@@ -105,4 +110,4 @@ class Reporter:
             if self._held_back:
                 message += f" ({self._held_back} similar lines held back before this one)"
                 self._held_back = 0
-            self._say(message)
+        self._say(message)

@@ -279,3 +279,46 @@ def test_full_buffer_with_stalled_spool_drops_with_the_cause_without_waiting_eac
     else:
         assert "on_full='drop'" in err
     assert "events are buffered again" in err  # the streak's end is said too
+
+
+# -- stderr routed into logging (as Celery workers do) -------------------------------
+
+STDERR_INTO_LOGGING = """
+import json, logging, sys
+from hamustro_logging import ClientTracker, HamustroHandler
+config = json.loads(sys.argv[1])
+real_stderr = sys.stderr
+
+class LoggingProxy:  # like celery.utils.log.LoggingProxy
+    def write(self, text):
+        if text.strip():
+            logging.getLogger("celery.redirected").warning(text.strip())
+    def flush(self):
+        pass
+
+# Events of another deployment (another key) in the same folder: the sender
+# reports them on stderr, from inside its database work.
+with ClientTracker(**config["other"]) as other:
+    other.track_event("theirs")
+logging.basicConfig(stream=real_stderr, level=logging.INFO)
+handler = HamustroHandler(**config["handler"])
+logging.getLogger().addHandler(handler)
+sys.stderr = LoggingProxy()
+log = logging.getLogger("app")
+for i in range(2000):
+    log.info("x", extra={"event": "mine"})
+sys.stderr = real_stderr
+handler.close()
+print("done")
+"""
+
+
+def test_stderr_routed_into_logging_does_not_deadlock_durable_emits(
+    secret: str, tmp_path: Path
+) -> None:
+    url, queue_dir = dead_url(), tmp_path / "q"
+    config = {
+        "other": options(url, "another-key", queue_dir, queue_size=10**6),
+        "handler": options(url, secret, queue_dir, durable=True, queue_size=1, close_timeout=1),
+    }
+    assert run_script(tmp_path, STDERR_INTO_LOGGING, config, timeout=60).strip() == "done"
