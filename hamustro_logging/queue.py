@@ -846,7 +846,14 @@ class Queue:
     # -- writing ---------------------------------------------------------------
 
     @_gated
-    def register_header(self, session: str, header: bytes, destination: str | None = None) -> str:
+    def register_header(
+        self,
+        session: str,
+        header: bytes,
+        destination: str | None = None,
+        *,
+        busy_timeout: float | None = None,
+    ) -> str:
         """Store a session's collection header; return its id for :meth:`append`.
 
         ``destination`` names the collector and key the events are for; only
@@ -856,7 +863,7 @@ class Queue:
             hid = md5hex(header)[:8]
         else:
             hid = md5hex(destination.encode() + b"\0" + header)[:8]
-        with self._transaction():
+        with self._busy_timeout(busy_timeout), self._transaction():
             if destination is not None:
                 self._cache.add(f"d/{session}/{hid}", destination)
             self._cache.add(f"h/{session}/{hid}", header)

@@ -76,6 +76,11 @@ TRACKER_OPTIONS: dict[str, Spec] = {
 }
 
 
+#: The longest a lazily opening tracker (the handler's) waits for another
+#: process's write lock in its constructor.
+_LAZY_OPEN_WAIT = 0.5
+
+
 def default_queue_dir(client_id: str, collector_url: str) -> Path:
     """``$XDG_CACHE_HOME/hamustro-logging/<client_id>-<hash>`` (``~/.cache`` without it).
 
@@ -336,21 +341,30 @@ class ClientTracker:
         if defer:
             return
         try:
-            self._open_queue()
+            # Lazily (the handler, maybe under dictConfig): never wait long for
+            # another process's lock; the first write opens it later.
+            self._open_queue(busy_timeout=_LAZY_OPEN_WAIT if lazy else None)
         except Exception as exc:
             if not lazy:
                 raise
             self.reporter.problem("store", f"cannot open the queue in {self.queue_dir}: {exc!r}")
 
-    def _open_queue(self) -> Queue:
-        """Open the folder's queue (numbering goes on after every number handed out)."""
+    def _open_queue(self, busy_timeout: float | None = None) -> Queue:
+        """Open the folder's queue (numbering goes on after every number handed out).
+
+        ``busy_timeout``: wait at most that long for another process's write
+        lock (an emit path must not wait the queue's full timeout).
+        """
         queue = Queue(
             self.queue_dir,
             carry_numbers=self._numbers,
             notify=self.reporter.once,
+            open_timeout=busy_timeout,
             **self._queue_options,
         )
-        self._hid = queue.register_header(self.session, self._header, self.destination)
+        self._hid = queue.register_header(
+            self.session, self._header, self.destination, busy_timeout=busy_timeout
+        )
         self._queue = queue
         return queue
 
@@ -361,6 +375,9 @@ class ClientTracker:
         SQLite would otherwise go on writing into a deleted file, and every
         event after the deletion would be lost at the next start.
         """
+        return self._current_queue()
+
+    def _current_queue(self, busy_timeout: float | None = None) -> Queue:
         queue = self._queue
         if queue is None or queue.replaced():
             if queue is not None:
@@ -369,7 +386,7 @@ class ClientTracker:
                     "(numbering goes on after the numbers already given)"
                 )
                 queue.close()
-            queue = self._open_queue()
+            queue = self._open_queue(busy_timeout)
         return queue
 
     def __repr__(self) -> str:  # never the secret
@@ -452,7 +469,7 @@ class ClientTracker:
                     f"another thread held the queue in {self.queue_dir} for over {busy_timeout:g} s"
                 )
             try:
-                queue = self.queue
+                queue = self._current_queue(busy_timeout)
                 done = queue.append(
                     self.session, self._hid, events, default_ip, busy_timeout=busy_timeout
                 )
