@@ -1,10 +1,13 @@
 """The collector's wire format: hashes, the signature, and Protobuf encoding.
 
-Payloads are encoded by hand, field by field, in the order ``payload.proto``
-numbers them, so the bytes equal what the generated ``payload_pb2`` module
-would produce (``tests/test_wire.py`` proves it, also with hypothesis). Each
-stored payload is kept already *framed* as a ``Collection.payloads`` entry
-(tag 8, length, bytes), so a request body is just::
+Two schemas: schema 1 (``proto/payload.proto``, the default) and schema 2
+(``proto/payload_v2.proto``, upstream's newest collector). Payloads are
+encoded by hand, field by field, in the order the ``.proto`` numbers them,
+so the bytes equal what the generated ``payload_pb2`` / ``payload_v2_pb2``
+modules would produce (``tests/test_wire.py`` proves it, also with
+hypothesis). Each stored payload is kept already *framed* as a
+``Collection.payloads`` entry (tag, length, bytes; the tag is field 8 in
+schema 1, field 15 in schema 2), so a request body is just::
 
     collection_header(...) + framed_payload + framed_payload + ...
 
@@ -15,23 +18,33 @@ the way out.
 '03204de92e11fc8c528139be419065920eb83dbff1a4663bbea455aa6e9702bd'
 >>> session_id(sha256hex("device-1"), "client-1", "OS X 10.11", "1.0.0")
 'c3b261989df9cb95efb791759dd37e16'
+>>> session_id_v2(sha256hex("device-1"), "client-1", "OS X 10.11", "1.0.0", environment("beta"))
+'305b8e19b4fb1c42b4adffaa373aa046'
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import NamedTuple
 
 __all__ = [
+    "ENVIRONMENTS",
     "Event",
+    "Event2",
     "collection_header",
+    "collection_header_v2",
+    "encode_parameters",
     "encode_payload",
     "encode_payloads",
+    "encode_payloads_v2",
+    "environment",
+    "frame_schema",
     "iter_frames",
     "md5hex",
     "session_id",
+    "session_id_v2",
     "sha256hex",
     "signature",
     "varint",
@@ -56,6 +69,72 @@ class Event(NamedTuple):
     is_testing: bool = False
 
 
+class Event2(NamedTuple):
+    """One validated schema-2 event, before it has its ``nr``.
+
+    Strings are already UTF-8 bytes, as in :class:`Event`; ``params`` holds
+    the already encoded ``Payload.parameters`` entries (see
+    :func:`encode_parameters`), so the hot path only concatenates.
+    """
+
+    at: int
+    event: bytes
+    timezone: bytes | None = None
+    tenant_id: bytes | None = None
+    user_id: bytes | None = None
+    ip: bytes | None = None
+    country: bytes | None = None
+    params: bytes | None = None
+
+
+#: Schema 2's ``Environment`` enum (``payload_v2.proto``): name -> number.
+ENVIRONMENTS: dict[str, int] = {
+    "PRODUCTION": 0,
+    "GENERAL_AVAILABILITY": 1,
+    "RELEASE_TO_MARKETING": 2,
+    "RELEASE_CANDIDATE": 3,
+    "BETA": 4,
+    "ALPHA": 5,
+    "WEEKLY": 6,
+    "NIGHTLY": 7,
+    "STAGING": 8,
+    "QUALITY_ASSURANCE": 9,
+    "TESTING": 10,
+    "DEVELOPMENT": 11,
+}
+_ENV_NUMBERS = frozenset(ENVIRONMENTS.values())
+
+
+def environment(value: object) -> int:
+    """Schema 2's ``env`` as its number: a name in any case, or a number 0-11.
+
+    A number may be an ``int`` or a string of ASCII digits (as read from an
+    environment variable). Anything else is a ``ValueError`` naming ``env``.
+
+    >>> environment("beta"), environment("DEVELOPMENT"), environment(0), environment("4")
+    (4, 11, 0, 4)
+    >>> environment("prod")
+    Traceback (most recent call last):
+    ...
+    ValueError: env must be an Environment name (PRODUCTION, GENERAL_AVAILABILITY, \
+RELEASE_TO_MARKETING, RELEASE_CANDIDATE, BETA, ALPHA, WEEKLY, NIGHTLY, STAGING, \
+QUALITY_ASSURANCE, TESTING, DEVELOPMENT, in any case) or its number 0-11, got 'prod'
+    """
+    number: int | None = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, str):
+        text = value.strip()
+        number = int(text) if text.isascii() and text.isdigit() else ENVIRONMENTS.get(text.upper())
+    if number is None or number not in _ENV_NUMBERS:
+        names = ", ".join(ENVIRONMENTS)
+        raise ValueError(
+            f"env must be an Environment name ({names}, in any case) "
+            f"or its number 0-11, got {value!r}"
+        )
+    return number
+
+
 def sha256hex(text: str) -> str:
     """Lowercase hex SHA-256 of ``text`` encoded as UTF-8."""
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
@@ -76,6 +155,17 @@ def session_id(
     ``device_id_hash`` is the already hashed id (what the collection carries).
     """
     return md5hex(f"{device_id_hash}:{client_id}:{system_version}:{product_version}")
+
+
+def session_id_v2(
+    device_id: str, client_id: str, system_version: str, product_version: str, env: int
+) -> str:
+    """Schema 2's session: md5hex(device_id + ":" + ... + ":" + product_version + ":" + env).
+
+    ``device_id`` is the already hashed id (what the collection carries);
+    ``env`` is the enum's decimal number (BETA is ``4``), never its name.
+    """
+    return md5hex(f"{device_id}:{client_id}:{system_version}:{product_version}:{env:d}")
 
 
 def signature(time_header: str, body: bytes, secret: str) -> str:
@@ -178,6 +268,124 @@ def encode_payloads(
     return out
 
 
+def collection_header_v2(
+    device_id: str,
+    client_id: str,
+    session: str,
+    system_version: str,
+    product_version: str,
+    env: int,
+    *,
+    device_make: str | None = None,
+    device_model: str | None = None,
+    system: str | None = None,
+    system_language: str | None = None,
+    browser: str | None = None,
+    browser_version: str | None = None,
+    product_git_hash: str | None = None,
+    product_language: str | None = None,
+) -> bytes:
+    """Fields 1-14 of a schema-2 ``Collection``: everything but the payloads.
+
+    ``env`` is the enum's number (see :func:`environment`); a number the
+    enum does not have is a ``ValueError`` (the collector would refuse it).
+    """
+    if env not in _ENV_NUMBERS:
+        raise ValueError(f"env must be an Environment number 0-11, got {env!r}")
+    parts = [
+        _string_field(b"\x0a", device_id.encode()),
+        _string_field(b"\x12", client_id.encode()),
+        _string_field(b"\x1a", session.encode()),
+        _string_field(b"\x22", system_version.encode()),
+        _string_field(b"\x2a", product_version.encode()),
+        b"\x30" + varint(env),
+    ]
+    optional = (
+        (b"\x3a", device_make),
+        (b"\x42", device_model),
+        (b"\x4a", system),
+        (b"\x52", system_language),
+        (b"\x5a", browser),
+        (b"\x62", browser_version),
+        (b"\x6a", product_git_hash),
+        (b"\x72", product_language),
+    )
+    parts.extend(_string_field(tag, value.encode()) for tag, value in optional if value is not None)
+    return b"".join(parts)
+
+
+def encode_parameters(pairs: Iterable[tuple[bytes, bytes]]) -> bytes:
+    """Schema 2's repeated ``Payload.parameters`` (field 9), ready for :class:`Event2`.
+
+    Each ``(name, value)`` pair (UTF-8 bytes) becomes one ``Parameter`` with
+    both of its required fields set; the caller leaves out pairs it has no
+    value for. No pairs give ``b""``.
+
+    >>> encode_parameters([(b"plan", b"pro")]).hex()
+    '4a0b0a04706c616e120370726f'
+    """
+    out = []
+    for name, value in pairs:
+        inner = b"\x0a" + varint(len(name)) + name + b"\x12" + varint(len(value)) + value
+        out.append(b"\x4a" + varint(len(inner)) + inner)
+    return b"".join(out)
+
+
+def encode_payloads_v2(
+    events: Sequence[Event2], first_nr: int, default_ip: bytes | None = None
+) -> list[bytes]:
+    """Schema 2's :func:`encode_payloads`: framed as ``Collection.payloads`` (field 15).
+
+    Fields in the order ``payload_v2.proto`` numbers them; ``default_ip``
+    as in schema 1.
+    """
+    out: list[bytes] = []
+    append = out.append
+    last_at = -1
+    at_bytes = b""
+    nr = first_nr
+    for at, name, timezone, tenant_id, user_id, ip, country, params in events:
+        if at != last_at:
+            last_at, at_bytes = at, varint(at)
+        parts = [b"\x08", at_bytes, b"\x12", varint(len(name)), name, b"\x18", varint(nr)]
+        if timezone is not None:
+            parts += (b"\x22", varint(len(timezone)), timezone)
+        if tenant_id is not None:
+            parts += (b"\x2a", varint(len(tenant_id)), tenant_id)
+        if user_id is not None:
+            parts += (b"\x32", varint(len(user_id)), user_id)
+        if ip is None:
+            ip = default_ip
+        if ip is not None:
+            parts += (b"\x3a", varint(len(ip)), ip)
+        if country is not None:
+            parts += (b"\x42", varint(len(country)), country)
+        if params:
+            parts.append(params)
+        body = b"".join(parts)
+        append(b"\x7a" + varint(len(body)) + body)
+        nr += 1
+    return out
+
+
+#: A frame's first byte (its ``Collection.payloads`` tag) -> its schema.
+_FRAME_SCHEMAS = {0x42: 1, 0x7A: 2}
+
+
+def frame_schema(frame: bytes) -> int:
+    """The schema of a framed payload (or of a chunk of them): 1 or 2.
+
+    >>> frame_schema(encode_payload(Event(1, b"a"), 1))
+    1
+    >>> frame_schema(encode_payloads_v2([Event2(1, b"a")], 1)[0])
+    2
+    """
+    schema = _FRAME_SCHEMAS.get(frame[0]) if frame else None
+    if schema is None:
+        raise ValueError("corrupt frame: expected a payload frame of schema 1 or 2 at byte 0")
+    return schema
+
+
 def _read_varint(data: bytes | memoryview, pos: int) -> tuple[int, int]:
     result = shift = 0
     while True:
@@ -192,14 +400,18 @@ def _read_varint(data: bytes | memoryview, pos: int) -> tuple[int, int]:
 def iter_frames(chunk: bytes) -> Iterator[bytes]:
     """Split a run of framed payloads back into its frames (each still framed).
 
+    Either schema; a chunk holds frames of one schema only (the first
+    frame's), so a frame of the other one is corruption too.
+
     >>> from hamustro_logging.wire import Event, encode_payload
     >>> a = encode_payload(Event(1, b"a"), 1); b = encode_payload(Event(2, b"b"), 2)
     >>> list(iter_frames(a + b)) == [a, b]
     True
     """
     pos, end = 0, len(chunk)
+    tag = chunk[0] if end and chunk[0] in _FRAME_SCHEMAS else 0x42
     while pos < end:
-        if chunk[pos] != 0x42:
+        if chunk[pos] != tag:
             raise ValueError(f"corrupt chunk: expected a payload frame at byte {pos}")
         length, start = _read_varint(chunk, pos + 1)
         stop = start + length
