@@ -2,7 +2,11 @@
 
 It answers ``POST /api/v1/track`` exactly as ``spec/collector.md`` says the
 real collector does, check by check and in the same order, and prints every
-accepted event as one compact JSON line (stdout by default). It stores
+accepted event as one compact JSON line (stdout by default). It speaks one
+schema: schema 1 (the default) or, with ``schema=2`` / ``--schema 2``, schema 2
+as upstream's newest collector does (protobuf or JSON bodies; events recorded
+as that collector stores them: ``env`` by name, the parameters as one JSON
+object string). It stores
 nothing durably, keeps accepted events in memory for tests and can inject
 faults (errors, dropped connections, hangs, slowness) so the client's retry
 logic can be exercised over real HTTP on loopback.
@@ -10,6 +14,7 @@ logic can be exercised over real HTTP on loopback.
 From a shell::
 
     python -m hamustro_logging.collector --port 8080 --secret dev-secret
+    python -m hamustro_logging.collector --schema 2
 
 From a test::
 
@@ -44,15 +49,22 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import FrameType, TracebackType
 from typing import Any, NamedTuple, TextIO
 
-from google.protobuf.message import DecodeError
+from google.protobuf import json_format
+from google.protobuf.message import DecodeError, Message
 
-from . import payload_pb2, wire
+from . import payload_pb2, payload_v2_pb2, wire
 
 __all__ = ["TRACK_PATH", "DevCollector", "main"]
 
 TRACK_PATH = "/api/v1/track"
 
 _encode_json = json.JSONEncoder(separators=(",", ":")).encode
+_ENV_NAMES = {number: name for name, number in wire.ENVIRONMENTS.items()}
+#: What Go's encoding/json escapes beyond what Python's does (ensure_ascii=False).
+_GO_ESCAPES = str.maketrans(
+    {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+)
+_encode_go_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
 class _Fault(NamedTuple):
@@ -71,6 +83,10 @@ class _Answer(NamedTuple):
     events: list[dict[str, Any]] | None = None  # None unless keep_events
     text: str = ""  # the JSON lines to print, each ending with a newline
     n_events: int = 0
+    # Schema 2, JSON body: a parameter without name or value panics the real
+    # collector's handler after it queued the payloads before it: store the
+    # events (if any) and close the connection without an answer.
+    crash: bool = False
 
 
 class _BadRequest(Exception):
@@ -91,6 +107,60 @@ def _text(value: str | bytes) -> str:
 
 def _raw(value: str | bytes) -> bytes:
     return value if isinstance(value, bytes) else value.encode("utf-8")
+
+
+def _missing_fields(message: Message) -> list[str]:
+    # FindInitializationErrors exists at run time but not in the stubs.
+    find: Callable[[], list[str]] = getattr(message, "FindInitializationErrors", list)
+    return find()
+
+
+def _lone_surrogates_replaced(value: Any) -> Any:
+    """Strings in a parsed JSON value with lone surrogates turned into U+FFFD, as Go decodes."""
+    if isinstance(value, str):
+        if value.isascii():
+            return value
+        return value.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    if isinstance(value, list):
+        return [_lone_surrogates_replaced(item) for item in value]
+    if isinstance(value, dict):
+        return {
+            _lone_surrogates_replaced(k): _lone_surrogates_replaced(v) for k, v in value.items()
+        }
+    return value
+
+
+def _refuse_constant(name: str) -> None:
+    raise ValueError(f"invalid JSON value {name}")
+
+
+def _parse_json(body: bytes, collection: Message) -> str | None:
+    """Parse a schema-2 JSON body into ``collection``; the error, or None.
+
+    As the real collector's jsonpb does: field names in snake_case or
+    camelCase, ``env`` by name or number, unknown fields refused; invalid
+    UTF-8 and lone surrogates become U+FFFD. Required fields are left to
+    the caller.
+    """
+    try:
+        data = json.loads(body.decode("utf-8", "replace"), parse_constant=_refuse_constant)
+        if not isinstance(data, dict):
+            return f"expected a JSON object, got {type(data).__name__}"
+        json_format.ParseDict(_lone_surrogates_replaced(data), collection)
+    except (json_format.Error, ValueError, TypeError, RecursionError) as exc:
+        return str(exc)
+    return None
+
+
+def _parameters_json(parameters: Any) -> str:
+    """Schema 2's parameters as the real collector stores them: one JSON object string.
+
+    It fills a Go ``map[string]string`` (a repeated name keeps its last
+    value) and marshals it with encoding/json: keys sorted, compact, ``<``,
+    ``>``, ``&``, U+2028 and U+2029 escaped; ``{}`` for none.
+    """
+    pairs = {_text(p.name): _text(p.value) for p in parameters}
+    return _encode_go_json(dict(sorted(pairs.items()))).translate(_GO_ESCAPES)
 
 
 def _utc(at: int) -> str | None:
@@ -117,6 +187,9 @@ def _header_ip(headers: Any) -> str:
 class DevCollector:
     """A Hamustro collector on loopback, for development and tests.
 
+    ``schema`` is the one schema it speaks (1 or 2): a request in the other
+    one is refused with 400, as the real collector of that schema does.
+
     >>> import io, requests
     >>> with DevCollector(output=io.StringIO()) as collector:
     ...     requests.get(collector.url + TRACK_PATH, timeout=5).status_code
@@ -131,7 +204,12 @@ class DevCollector:
         output: TextIO | None = None,
         verbose: bool = False,
         keep_events: bool = True,
+        *,
+        schema: int = 1,
     ) -> None:
+        if schema not in (1, 2) or isinstance(schema, bool):
+            raise ValueError(f"schema must be 1 or 2, got {schema!r}")
+        self._schema = schema
         self._host = host
         self._port = port
         self._secret = secret
@@ -385,8 +463,10 @@ class DevCollector:
             sent_signature.encode("latin-1", "replace"), expected.encode("ascii")
         ):
             return _Answer(405, "X-Hamustro-Signature header is invalid")
-        content_type = headers.get("Content-Type", "")
-        if content_type.split(";", 1)[0].strip().lower() != "application/protobuf":
+        media_type = headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
+        if self._schema == 2:
+            return self._check_v2(headers, body, media_type)
+        if media_type != "application/protobuf":
             return _Answer(400, "Unsupported or missing Content-Type")
         collection = payload_pb2.Collection()
         try:
@@ -394,11 +474,7 @@ class DevCollector:
         except DecodeError as exc:
             return _Answer(400, f"Unmarshaling protobuf is failed: {exc}")
         if not collection.IsInitialized():
-            # FindInitializationErrors exists at run time but not in the stubs.
-            find_missing: Callable[[], list[str]] = getattr(
-                collection, "FindInitializationErrors", list
-            )
-            missing = ", ".join(find_missing())
+            missing = ", ".join(_missing_fields(collection))
             return _Answer(
                 400, f"Unmarshaling protobuf is failed: required field not set: {missing}"
             )
@@ -466,6 +542,108 @@ class DevCollector:
         lines.append("")  # the last line's newline
         return _Answer(200, events=events, text="\n".join(lines), n_events=len(payloads))
 
+    def _check_v2(self, headers: Any, body: bytes, media_type: str) -> _Answer:
+        """Schema 2's checks after the signature, in the collector's order (collector.md)."""
+        collection = payload_v2_pb2.Collection()
+        is_json = media_type == "application/json"
+        if is_json:
+            error = _parse_json(body, collection)
+            if error is not None:
+                return _Answer(400, f"Unmarshaling json collection is failed: {error}")
+            # Its own check of a JSON collection looks at the collection's and
+            # the payloads' required fields, never at a Parameter's.
+            missing = [m for m in _missing_fields(collection) if "parameters[" not in m]
+            if missing:
+                return _Answer(
+                    400,
+                    "Unmarshaled json collection is failed: required field not set: "
+                    + ", ".join(missing),
+                )
+        elif media_type == "application/protobuf":
+            try:
+                collection.ParseFromString(body)
+            except DecodeError as exc:
+                return _Answer(400, f"Unmarshaling protobuf is failed: {exc}")
+            if not collection.IsInitialized():
+                unset = ", ".join(_missing_fields(collection))
+                return _Answer(
+                    400, f"Unmarshaling protobuf is failed: required field not set: {unset}"
+                )
+        else:
+            return _Answer(400, "Unsupported or missing Content-Type")
+        device_id, client_id = collection.device_id, collection.client_id
+        system_version, product_version = collection.system_version, collection.product_version
+        session, env = collection.session, collection.env
+        fields = (device_id, client_id, system_version, product_version, session)
+        if all(isinstance(f, str) for f in fields):
+            expected_session = wire.session_id_v2(
+                device_id, client_id, system_version, product_version, env
+            )
+            session_ok = session == expected_session
+        else:  # invalid UTF-8 somewhere: hash the bytes as sent, as Go does
+            joined = b":".join([*(_raw(f) for f in fields[:4]), str(env).encode()])
+            session_ok = _raw(session) == wire.md5hex(joined).encode()
+        if not session_ok:
+            return _Answer(400, "Collection's session attribute is invalid")
+        payloads = collection.payloads
+        if not payloads:
+            return _Answer(204)
+        has = collection.HasField
+        base: dict[str, Any] = {
+            "session": _text(session),
+            "device_id": _text(device_id),
+            "client_id": _text(client_id),
+            "system_version": _text(system_version),
+            "product_version": _text(product_version),
+            "env": _ENV_NAMES[env],
+        }
+        for name in _OPTIONAL_V2:
+            base[name] = _text(getattr(collection, name)) if has(name) else None
+        prefix = _encode_json(base)[:-1] + ","
+        keep = self._keep_events
+        fill_ip: str | None = None
+        utc_cache: dict[int, str | None] = {}
+        events = []
+        lines = []
+        crash = False
+        for payload in payloads:
+            parameters = payload.parameters
+            if is_json and any(
+                not (p.HasField("name") and p.HasField("value")) for p in parameters
+            ):
+                crash = True  # a protobuf body never gets here: refused as not initialized
+                break
+            at = payload.at
+            at_utc = utc_cache.get(at, "")
+            if at_utc == "":
+                at_utc = utc_cache[at] = _utc(at)
+            ip = payload.ip
+            if not ip:
+                if fill_ip is None:
+                    fill_ip = _header_ip(headers)
+                ip = fill_ip
+            has = payload.HasField
+            part = {
+                "at": at,
+                "at_utc": at_utc,
+                "event": _text(payload.event),
+                "nr": payload.nr,
+                "timezone": _text(payload.timezone) if has("timezone") else None,
+                "tenant_id": _text(payload.tenant_id) if has("tenant_id") else None,
+                "user_id": _text(payload.user_id) if has("user_id") else None,
+                "ip": _text(ip),
+                "country": _text(payload.country) if has("country") else None,
+                "parameters": _parameters_json(parameters),
+            }
+            lines.append(prefix + _encode_json(part)[1:])
+            if keep:
+                events.append(base | part)
+        n_events = len(lines)
+        if lines:
+            lines.append("")  # the last line's newline
+        text = "\n".join(lines)
+        return _Answer(200, events=events, text=text, n_events=n_events, crash=crash)
+
     def _store(self, answer: _Answer, answered: bool) -> int:
         """Print and keep accepted events; the status to answer (200, 500 or 503)."""
         with self._lock:
@@ -484,6 +662,19 @@ class DevCollector:
                 self._statuses[200] += 1
             self._changed.notify_all()
         return HTTPStatus.OK
+
+
+#: Schema 2's optional Collection fields, recorded as None when unset.
+_OPTIONAL_V2 = (
+    "device_make",
+    "device_model",
+    "system",
+    "system_language",
+    "browser",
+    "browser_version",
+    "product_git_hash",
+    "product_language",
+)
 
 
 class _Server(ThreadingHTTPServer):
@@ -591,7 +782,9 @@ class _Handler(BaseHTTPRequestHandler):
             if answer.status != 200:
                 self._answer(answer.status, answer.error)
                 return
-            drop = fault is not None and fault.kind == "accept_then_drop"
+            drop = answer.crash or (fault is not None and fault.kind == "accept_then_drop")
+            if answer.crash and collector._verbose:
+                self.log_message("%s", "handler crashed: a JSON parameter without name or value")
             status = collector._store(answer, answered=not drop)
             if status == 200 and drop:
                 self.close_connection = True
@@ -739,6 +932,13 @@ def main(argv: list[str] | None = None) -> int:
         default=os.environ.get("HAMUSTRO_SHARED_SECRET_KEY") or "dev-secret",
         help="shared secret key (default: $HAMUSTRO_SHARED_SECRET_KEY, else dev-secret)",
     )
+    parser.add_argument(
+        "--schema",
+        type=int,
+        choices=(1, 2),
+        default=1,
+        help="the schema to speak: 1, or 2 as upstream's newest collector (default 1)",
+    )
     parser.add_argument("--output", metavar="FILE", help="append events to FILE (default stdout)")
     parser.add_argument(
         "--verbose", action="store_true", help='log requests; {"error": ...} bodies on errors'
@@ -754,7 +954,9 @@ def main(argv: list[str] | None = None) -> int:
         nonlocal stop_requested
         stop_requested = True  # only a flag: no lock may be taken inside a signal handler
 
-    collector = DevCollector(args.host, args.port, args.secret, output, args.verbose, False)
+    collector = DevCollector(
+        args.host, args.port, args.secret, output, args.verbose, False, schema=args.schema
+    )
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         try:
