@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 from .config import (
     REQUIRED,
     Spec,
+    check_schema,
     default_device_id,
     default_system,
     default_system_language,
@@ -327,7 +328,7 @@ class ClientTracker:
     ) -> None:
         given = dict(locals())
         o = resolve(given, TRACKER_OPTIONS)
-        self.schema: int = o["schema"]
+        self.schema: int = check_schema(o["schema"])
         if self.schema == 1:
             for name in SCHEMA2_OPTIONS:
                 if o[name] is not None:
