@@ -37,6 +37,7 @@ import hmac
 import ipaddress
 import json
 import os
+import re
 import signal
 import socket
 import socketserver
@@ -115,12 +116,13 @@ def _missing_fields(message: Message) -> list[str]:
     return find()
 
 
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def _lone_surrogates_replaced(value: Any) -> Any:
     """Strings in a parsed JSON value with lone surrogates turned into U+FFFD, as Go decodes."""
     if isinstance(value, str):
-        if value.isascii():
-            return value
-        return value.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+        return value if value.isascii() else _LONE_SURROGATE.sub("\ufffd", value)
     if isinstance(value, list):
         return [_lone_surrogates_replaced(item) for item in value]
     if isinstance(value, dict):
@@ -562,7 +564,9 @@ class DevCollector:
         elif media_type == "application/protobuf":
             try:
                 collection.ParseFromString(body)
-            except DecodeError as exc:
+            except (DecodeError, UnicodeDecodeError) as exc:
+                # UnicodeDecodeError: only the pure-Python runtime (protobuf < 4.21)
+                # checks a proto2 string's UTF-8; upb, like Go, keeps the bytes.
                 return _Answer(400, f"Unmarshaling protobuf is failed: {exc}")
             if not collection.IsInitialized():
                 unset = ", ".join(_missing_fields(collection))

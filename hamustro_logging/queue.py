@@ -85,6 +85,7 @@ from . import folder
 from .wire import UINT32_MAX, encode_payloads, iter_frames, md5hex
 
 __all__ = [
+    "NUMBER_GAP",
     "Appended",
     "Batch",
     "DiskSpaceLow",
@@ -107,6 +108,10 @@ _LAST_SYNC = "s/last_sync"
 _REJECTED = "s/rejected"
 _ASIDE = "s/aside"
 _DB = "cache.db"
+#: How far numbering jumps in a database found behind the numbers a process
+#: knows (see Queue._carry_numbers): more than any app hands out between two
+#: looks at its folder, far less than the 4,294,967,295 an nr can reach.
+NUMBER_GAP = 1_000_000
 #: Every key this library writes starts with one of these (see the table above).
 KEY_PREFIXES = ("e/", "l/", "m/", "r/", "x/", "h/", "d/", "n/", "s/", "u/")
 
@@ -294,6 +299,43 @@ _F = TypeVar("_F", bound=Callable[..., Any])
 _SLICE = 0.02
 
 
+class _Cache(diskcache.Cache):
+    """diskcache's ``Cache``, whose writes outside a transaction wait a bounded time.
+
+    diskcache writes its settings at every open, retrying "database is
+    locked" for up to 60 s; here the retries stop at ``open_until`` (a
+    ``time.monotonic()`` value, with ``QueueBusy``) and wait outside the fork
+    gate, like :meth:`Queue._transaction`.
+    """
+
+    def __init__(self, directory: str, *, open_until: float, folder: str, **kwargs: Any) -> None:
+        self._open_until = open_until
+        self._folder = folder
+        super().__init__(directory, **kwargs)
+
+    @property
+    def _sql_retry(self) -> Callable[..., Any]:
+        sql = self._sql
+
+        def execute(statement: str, *args: Any, **kwargs: Any) -> Any:
+            pause = 0.001
+            while True:
+                try:
+                    return sql(statement, *args, **kwargs)
+                except sqlite3.OperationalError as exc:
+                    if str(exc) != "database is locked":
+                        raise
+                    if time.monotonic() >= self._open_until:
+                        raise QueueBusy(
+                            f"the queue database in {self._folder} was locked by another "
+                            "process while it was being opened"
+                        ) from None
+                _outside_gate(pause)
+                pause = min(pause * 2, 0.05)
+
+        return execute
+
+
 def _outside_gate(seconds: float) -> None:
     """Sleep with the fork gate released (all of this thread's holds), then take it back."""
     state = _fork_gate._release_save()  # type: ignore[attr-defined]  # as Condition.wait does
@@ -320,7 +362,7 @@ def _gated(method: _F) -> _F:
     @functools.wraps(method)
     def gated(self: Queue, *args: Any, **kwargs: Any) -> Any:
         local = self._local
-        with _fork_gate:
+        with self._gate():
             outer = not getattr(local, "depth", 0)
             local.depth = getattr(local, "depth", 0) + 1
             try:
@@ -559,6 +601,7 @@ class Queue:
         timeout: float = 10.0,
         carry_numbers: Mapping[str, int] | None = None,
         notify: Callable[[str], None] | None = None,
+        open_timeout: float | None = None,
     ) -> None:
         self.directory = os.fspath(directory)
         self.chunk_events = chunk_events
@@ -567,8 +610,10 @@ class Queue:
         self.max_bytes = max_bytes
         self.min_free_bytes = min_free_bytes
         self.timeout = timeout
-        self._notify = notify or (lambda line: None)
-        self._local = threading.local()  # per thread: nesting of gated calls, busy_timeout
+        self._tell = notify or (lambda line: None)
+        #: Per thread: nesting of gated calls and of gate holds, busy_timeout,
+        #: and the notices to say once the gate is released.
+        self._local = threading.local()
         self._tail: tuple[str, int] | None = None  # the last chunk written: key, bytes
         self._cursor = "e/"  # claims start after this key: each group takes its turn
         self._headers: dict[tuple[str, str], tuple[bytes, str | None]] = {}
@@ -578,7 +623,8 @@ class Queue:
         #: The last nr this object handed out or saw, per session (never reused).
         self._known: dict[str, int] = dict(carry_numbers or {})
         self._folder_id = folder.open_private(self.directory)  # refuses a folder others can write
-        with _fork_gate:
+        self._open_deadline = time.monotonic() + (timeout if open_timeout is None else open_timeout)
+        with self._gate():
             try:
                 self._cache = self._open_cache()
             except sqlite3.DatabaseError as exc:
@@ -588,12 +634,48 @@ class Queue:
                 self._salvage(str(exc))
             self._carry_numbers()
 
+    def _notify(self, line: str) -> None:
+        """Say ``line`` once this thread has released the fork gate.
+
+        Never while holding it: the notice goes to stderr, which an app may
+        route into ``logging``, whose handlers (ours included) take locks of
+        their own; a thread waiting for one of them must not hold the gate
+        that another thread, holding it, waits for.
+        """
+        notices = getattr(self._local, "notices", None)
+        if notices is None:
+            notices = self._local.notices = []
+        notices.append(line)
+
+    @contextlib.contextmanager
+    def _gate(self) -> Iterator[None]:
+        """Hold the fork gate; notices gathered meanwhile are said after the last release."""
+        local = self._local
+        local.hold = getattr(local, "hold", 0) + 1
+        try:
+            with _fork_gate:
+                yield
+        finally:
+            local.hold -= 1
+            notices = getattr(local, "notices", None)
+            if not local.hold and notices:
+                local.notices = []
+                for line in notices:
+                    self._tell(line)
+
     @property
     def _path(self) -> str:
         return os.path.join(self.directory, _DB)
 
     def _open_cache(self) -> diskcache.Cache:
-        cache = diskcache.Cache(self.directory, timeout=_SLICE, disk=SafeDisk, **_SETTINGS)
+        cache = _Cache(
+            self.directory,
+            timeout=_SLICE,
+            disk=SafeDisk,
+            open_until=self._open_deadline,
+            folder=self.directory,
+            **_SETTINGS,
+        )
         self._cache = cache
         # A brand-new queue counts retention from its creation, so it does not
         # send on every event before its first sync.
@@ -609,13 +691,21 @@ class Queue:
         return cache
 
     def _carry_numbers(self) -> None:
-        """Numbering in this folder goes on after every number known to have been handed out."""
+        """Numbering in this folder goes on after every number known to have been handed out.
+
+        A counter behind what this process knows means the database is new
+        (the folder was wiped, or a corrupt one set aside): other processes
+        of the app may have handed out numbers this one never saw, so the
+        counter jumps ``NUMBER_GAP`` past what it knows. The first process to
+        reopen sets the jump; the others find the counter ahead and go on
+        from it.
+        """
         if not self._known:
             return
         with self._transaction():
             for session, last in self._known.items():
-                if self._last_nr(session) < last:
-                    self._cache.set(f"n/{session}", last)
+                if (self._int(f"n/{session}") or 0) < last:
+                    self._cache.set(f"n/{session}", min(last + NUMBER_GAP, UINT32_MAX // 2))
 
     def replaced(self) -> bool:
         """True if the folder's database is no longer the file this object opened.
@@ -639,7 +729,7 @@ class Queue:
         limit = self.timeout if wait is None else wait
         deadline = time.monotonic() + limit
         pause = 0.001
-        with _fork_gate:
+        with self._gate():
             while True:
                 transaction = self._cache.transact()
                 try:
@@ -841,10 +931,10 @@ class Queue:
         :class:`QueueBusy` when another process holds the write lock for
         more than ``busy_timeout`` seconds (None: the queue's ``timeout``).
         """
-        cache = self._cache
         self._check_space()
         with self._busy_timeout(busy_timeout):
             with self._transaction():
+                cache = self._cache  # read under the gate: a salvage may have replaced it
                 room = self.max_events - self._counter(_PENDING)
                 room_bytes = self.max_bytes - self._counter(_PENDING_BYTES)
                 count = max(0, min(len(events), room))
@@ -866,6 +956,7 @@ class Queue:
                     break
             if frames:
                 with self._transaction():
+                    cache = self._cache  # read under the gate: a salvage may have replaced it
                     if not self._extend_tail(session, hid, first, frames, size):
                         self._put_chunks(session, hid, first, frames)
                     self._bump(pending=len(frames), size=size)
@@ -1060,7 +1151,6 @@ class Queue:
         ``None`` when nothing is left to claim. At least one chunk is
         claimed even if it alone exceeds a limit.
         """
-        cache = self._cache
         token = f"{owner}/{time.time_ns()}"
         now = _now_ms()
         gone: dict[str, bool] = {}
@@ -1070,6 +1160,7 @@ class Queue:
         group: tuple[str, str] | None = None
         header = b""
         with self._transaction():
+            cache = self._cache  # read under the gate: a salvage may have replaced it
             self._damaged = False
             for lo, hi in ((self._cursor, "e0"), ("e/", self._cursor)):
                 done = False
@@ -1149,10 +1240,10 @@ class Queue:
         request that carried them may have reached the collector). Chunks
         whose lease is no longer ours are left alone.
         """
-        cache = self._cache
         sent = resent = rejected = freed = 0
         frames = iter(zip(batch.frames(), verdicts, strict=True))
         with self._transaction():
+            cache = self._cache  # read under the gate: a salvage may have replaced it
             for key in batch.keys:
                 session, hid, _, n = _parse_chunk_key(key)
                 chunk = [next(frames) for _ in range(n)]
@@ -1191,8 +1282,8 @@ class Queue:
         counted stays, and a later delivery counts as a resend. Otherwise the
         attempt is taken back.
         """
-        cache = self._cache
         with self._transaction():
+            cache = self._cache  # read under the gate: a salvage may have replaced it
             for key in batch.keys:
                 if self._mine(key, batch.token):
                     cache.delete("l/" + key)
@@ -1206,9 +1297,9 @@ class Queue:
     @_gated
     def renew(self, batch: Batch, lease_seconds: float) -> None:
         """Extend our leases on ``batch`` (a long bisection needs more time)."""
-        cache = self._cache
         expiry = _now_ms() + int(lease_seconds * 1000)
         with self._transaction():
+            cache = self._cache  # read under the gate: a salvage may have replaced it
             for key in batch.keys:
                 if self._mine(key, batch.token):
                     cache.set("l/" + key, f"{batch.token}|{expiry}")
@@ -1220,8 +1311,8 @@ class Queue:
         The attempts stay counted: those requests may still reach the collector.
         """
         freed = 0
-        cache = self._cache
         with self._transaction():
+            cache = self._cache  # read under the gate: a salvage may have replaced it
             for key in list(self._keys_with("l/")):
                 try:
                     value = cache.get(key)
@@ -1275,8 +1366,8 @@ class Queue:
     def retry_rejected(self) -> int:
         """Move every rejected event back to pending; return how many moved."""
         moved = freed = 0
-        cache = self._cache
         with self._transaction():
+            cache = self._cache  # read under the gate: a salvage may have replaced it
             for key in list(self._keys_with("r/")):
                 value = cache.get(key)
                 cache.delete(key)
@@ -1371,7 +1462,7 @@ class Queue:
         not each set aside the other's fresh database: the one that comes
         second finds the file replaced and only reopens.
         """
-        with _fork_gate, _folder_lock(self.directory):
+        with self._gate(), _folder_lock(self.directory):
             with contextlib.suppress(Exception):
                 self._cache.close()
             if _file_id(self._path) != self._db_id:

@@ -113,12 +113,9 @@ def environment(value: object) -> int:
 
     >>> environment("beta"), environment("DEVELOPMENT"), environment(0), environment("4")
     (4, 11, 0, 4)
-    >>> environment("prod")
+    >>> environment("prod")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
-    ...
-    ValueError: env must be an Environment name (PRODUCTION, GENERAL_AVAILABILITY, \
-RELEASE_TO_MARKETING, RELEASE_CANDIDATE, BETA, ALPHA, WEEKLY, NIGHTLY, STAGING, \
-QUALITY_ASSURANCE, TESTING, DEVELOPMENT, in any case) or its number 0-11, got 'prod'
+    ValueError: env must be an Environment name (PRODUCTION, ...) or its number 0-11, got 'prod'
     """
     number: int | None = None
     if isinstance(value, int) and not isinstance(value, bool):

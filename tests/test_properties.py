@@ -18,7 +18,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hamustro_logging import HamustroHandler, payload_pb2, wire
+from hamustro_logging import HamustroHandler, payload_pb2, payload_v2_pb2, wire
+from hamustro_logging.collector import _parameters_json
 from hamustro_logging.mapping import EventError, build_event
 
 from .support import tracker_config
@@ -219,3 +220,57 @@ def test_params_with_non_finite_floats_are_refused_or_strict_json(value: float) 
         return
     assert event.params is not None
     json.loads(event.params, parse_constant=_refuse_constant)
+
+
+# -- schema 2: the env option and the parameters -------------------------------------
+
+ENV_NAME = st.sampled_from(sorted(wire.ENVIRONMENTS)).flatmap(
+    lambda name: st.sampled_from([name, name.lower(), name.title(), f" {name.lower()} "])
+)
+ENV_ANYTHING: st.SearchStrategy[Any] = st.one_of(
+    ENV_NAME,
+    st.integers(-3, 15),
+    st.integers(-3, 15).map(str),
+    st.booleans(),
+    st.floats(),
+    st.none(),
+    TEXT,
+    st.binary(max_size=8),
+)
+
+
+@given(value=ENV_ANYTHING)
+def test_environment_is_the_enum_number_or_a_one_line_env_error(value: Any) -> None:
+    try:
+        number = wire.environment(value)
+    except ValueError as exc:
+        message = str(exc)
+        assert message.startswith("env must be ")
+        assert len(message.splitlines()) == 1
+        assert message.endswith(f"got {value!r}")
+        return
+    if isinstance(value, str) and not value.strip().isdigit():
+        assert payload_v2_pb2.Environment.Value(value.strip().upper()) == number
+    else:
+        assert number == int(value) and 0 <= number <= 11
+    # Whatever was accepted makes a header the generated code reads back.
+    header = wire.collection_header_v2(DEVICE, "c", "s", "v", "p", number)
+    assert payload_v2_pb2.Collection.FromString(header).env == number
+
+
+PAIRS = st.lists(st.tuples(st.text(max_size=6), st.text(max_size=6)), max_size=6)
+
+
+@given(pairs=PAIRS)
+def test_parameters_encode_every_pair_and_are_stored_as_one_json_object(
+    pairs: list[tuple[str, str]],
+) -> None:
+    """Every pair survives the wire in order; the collector stores them as a Go map would."""
+    params = wire.encode_parameters((n.encode(), v.encode()) for n, v in pairs)
+    (frame,) = wire.encode_payloads_v2([wire.Event2(AT, b"e", params=params)], NR)
+    (payload,) = payload_v2_pb2.Collection.FromString(frame).payloads
+    assert payload.IsInitialized()
+    assert [(p.name, p.value) for p in payload.parameters] == pairs
+    stored = _parameters_json(payload.parameters)
+    assert json.loads(stored) == dict(pairs)  # a repeated name keeps its last value
+    assert list(json.loads(stored)) == sorted(dict(pairs))

@@ -13,6 +13,7 @@ import pytest
 
 from hamustro_logging import HamustroHandler
 from hamustro_logging.collector import DevCollector
+from hamustro_logging.queue import NUMBER_GAP
 
 from ..support import tracker_config
 
@@ -65,8 +66,10 @@ def test_folder_deleted_under_a_running_app(
     assert handler.flush(timeout=10)
     received = collector.wait_for(6)
     assert sorted(e["user_id"] for e in received) == [0, 1, 2, 3, 4, 5]
-    # Numbering went on in the new database: no (session, nr) names two events.
-    assert sorted(e["nr"] for e in received) == [1, 2, 3, 4, 5, 6]
+    # Numbering went on in the new database, past a gap (other processes may
+    # have handed out numbers this one never saw): no (session, nr) names two events.
+    gap = 3 + NUMBER_GAP
+    assert sorted(e["nr"] for e in received) == [1, 2, 3, gap + 1, gap + 2, gap + 3]
     assert (folder / "cache.db").exists()
     assert "was removed" in capfd.readouterr().err
 
@@ -145,3 +148,44 @@ def test_disk_full_keeps_events_in_memory_until_space_comes_back(
     assert result["ok"] is True
     assert "cannot write the queue" in done.stderr and "writable again" in done.stderr
     assert sorted(e["user_id"] for e in collector.wait_for(30)) == list(range(30))
+
+
+_WORKER = """
+import json, sys
+from hamustro_logging import ClientTracker
+t = ClientTracker(sys.argv[1], "test-secret", "device-1", "client-1", "OS X 10.11", "1.0.0",
+                  queue_dir=sys.argv[2], queue_size=10**6, detect_ip=False)
+for line in sys.stdin:
+    print(json.dumps([t.track_event("e") for _ in range(int(line))]), flush=True)
+"""
+
+
+def test_a_folder_wiped_under_two_workers_never_reuses_a_number(tmp_path: Path) -> None:
+    """gunicorn-style workers share one session; the folder is deleted under both."""
+    folder = tmp_path / "queue"
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-c", _WORKER, "http://127.0.0.1:9", str(folder)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+
+    def log(worker: subprocess.Popen[str], n: int) -> list[int]:
+        assert worker.stdin is not None and worker.stdout is not None
+        worker.stdin.write(f"{n}\n")
+        worker.stdin.flush()
+        return list(json.loads(worker.stdout.readline()))
+
+    try:
+        a, b = workers
+        used = log(a, 3) + log(b, 3)  # 1-3 and 4-6 from one counter
+        remove(folder)
+        used += log(a, 3) + log(b, 3)  # a knows only 3, b knows 6
+    finally:
+        for worker in workers:
+            worker.kill()
+            worker.wait()
+    assert len(set(used)) == len(used) == 12, used
