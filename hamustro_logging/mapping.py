@@ -240,15 +240,16 @@ class _LocalOffset:
     """
 
     def __init__(self) -> None:
-        self._cached: tuple[int, int, bytes] = (0, 0, b"")  # [start, end) of the slot, offset
+        #: [start, end) of the cached slot, and its offset.
+        self.cached: tuple[float, float, bytes] = (0, 0, b"")
 
     def __call__(self, at: float) -> bytes:
-        start, end, text = self._cached
+        start, end, text = self.cached
         if start <= at < end:
             return text
         slot = int(at) // _OFFSET_SLOT * _OFFSET_SLOT
         text = self.format(time.localtime(at).tm_gmtoff)
-        self._cached = (slot, slot + _OFFSET_SLOT, text)
+        self.cached = (slot, slot + _OFFSET_SLOT, text)
         return text
 
     @staticmethod
@@ -282,23 +283,38 @@ def _parameters_v2(params: object) -> bytes | None:
         raise EventError(
             "params", f"expected a mapping of str names to values, got {_type_name(params)}{hint}"
         )
+    # Runs on every emit: the common values (str, int, bool) skip the JSON encoder.
     pairs: list[tuple[bytes, bytes]] = []
-    for name, value in params.items():
-        if not isinstance(name, str):
-            raise EventError("params", f"names must be str, got {_type_name(name)} {name!r:.64}")
-        if not name:
-            raise EventError("params", "a parameter name may not be empty")
-        if value is None:
-            continue
-        if not isinstance(value, str):
-            try:
-                value = _to_json(value)
-            except Exception as exc:
-                reason = "nested too deeply" if isinstance(exc, RecursionError) else describe(exc)
+    try:
+        for name, value in params.items():
+            if not isinstance(name, str):
                 raise EventError(
-                    "params", f"the value of {name!r:.64} cannot be JSON-encoded: {reason}"
-                ) from None
-        pairs.append((_utf8("params", name), _utf8("params", value)))
+                    "params", f"names must be str, got {_type_name(name)} {name!r:.64}"
+                )
+            if not name:
+                raise EventError("params", "a parameter name may not be empty")
+            kind = type(value)
+            if kind is str:
+                text = value
+            elif value is None:
+                continue
+            elif kind is int:
+                text = str(value)
+            elif kind is bool:
+                text = "true" if value else "false"
+            else:
+                try:
+                    text = _to_json(value)
+                except Exception as exc:
+                    why = "nested too deeply" if isinstance(exc, RecursionError) else describe(exc)
+                    raise EventError(
+                        "params", f"the value of {name!r:.64} cannot be JSON-encoded: {why}"
+                    ) from None
+            pairs.append((name.encode("utf-8"), text.encode("utf-8")))
+    except UnicodeEncodeError as exc:
+        raise EventError(
+            "params", f"str is not valid Unicode ({exc.reason} at index {exc.start})"
+        ) from None
     return encode_parameters(pairs) if pairs else None
 
 
@@ -341,9 +357,13 @@ def build_event_v2(
         raise EventError("event", "expected a non-empty str, got an empty str")
     name = _utf8("event", event)
 
+    # This runs for every event on the application's thread: plain checks,
+    # the common types first, no loops or temporary containers.
     user: bytes | None = None
     if user_id is not None:
-        if isinstance(user_id, int) and not isinstance(user_id, bool):
+        if type(user_id) is str:
+            user = _utf8("user_id", user_id)
+        elif isinstance(user_id, int) and not isinstance(user_id, bool):
             user = str(int(user_id)).encode("ascii")
         elif isinstance(user_id, str):
             user = _utf8("user_id", user_id)
@@ -356,12 +376,18 @@ def build_event_v2(
 
     if isinstance(at, bool) or not isinstance(at, (int, float)) or not 0 <= at <= UINT64_MAX:
         raise EventError("at", f"expected epoch seconds, got {_type_name(at)} {at!r}")
-    zone = local_offset(at) if timezone is None else _text_field("timezone", timezone)
+    if timezone is None:
+        start, end, zone = local_offset.cached  # the cache, without a call
+        if not start <= at < end:
+            zone = local_offset(at)
+    else:
+        zone = _text_field("timezone", timezone)
 
-    size = len(name) + len(zone)
-    for value in (tenant, user, ip_bytes, country_bytes, params_bytes):
-        if value is not None:
-            size += len(value)
+    size = len(name) + len(zone) + (0 if params_bytes is None else len(params_bytes))
+    if user is not None:
+        size += len(user)
+    if tenant is not None or ip_bytes is not None or country_bytes is not None:
+        size += len(tenant or b"") + len(ip_bytes or b"") + len(country_bytes or b"")
     if size > max_event_bytes:
         sizes = {
             "event": len(name), "timezone": len(zone), "tenant_id": len(tenant or b""),
