@@ -488,6 +488,7 @@ def test_an_option_from_the_environment_is_refused_naming_its_variable(
         ({"params": {1: "a"}}, "params", "names must be str, got int"),
         ({"params": {"": "a"}}, "params", "a parameter name may not be empty"),
         ({"params": {"x": float("nan")}}, "params", "the value of 'x' cannot be JSON-encoded"),
+        ({"params": {"x": "\ud800"}}, "params", "str is not valid Unicode"),
         ({"user_id": 1.5}, "user_id", "expected str (or int), got float"),
         ({"user_id": True}, "user_id", "expected str (or int), got bool"),
         ({"tenant_id": 3}, "tenant_id", "expected str, got int"),
