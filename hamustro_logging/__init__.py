@@ -6,7 +6,14 @@
 """
 
 from .handler import HamustroHandler
-from .mapping import EventError, build_event, extra_attributes, map_record
+from .mapping import (
+    EventError,
+    build_event,
+    build_event_v2,
+    extra_attributes,
+    map_record,
+    map_record_v2,
+)
 from .tracker import ClientTracker, default_queue_dir
 from .wire import Event
 
@@ -19,7 +26,9 @@ __all__ = [
     "HamustroHandler",
     "__version__",
     "build_event",
+    "build_event_v2",
     "default_queue_dir",
     "extra_attributes",
     "map_record",
+    "map_record_v2",
 ]

@@ -10,10 +10,13 @@ Subcommands (each has ``--help``):
     Send everything pending in the folder (every session, each with its own
     stored header), with a progress bar on a terminal; exit 0 if nothing is left.
 ``send-test``
-    Send one ``is_testing`` event straight to the collector (not through the
-    queue) and say in plain words what the answer means.
+    Send one test event straight to the collector (not through the queue)
+    and say in plain words what the answer means; first find out which
+    schema the collector speaks, and say so if it is not the configured one.
 ``export``
-    Print every pending (or, with ``--rejected``, rejected) event as one JSON line.
+    Print every pending (or, with ``--rejected``, rejected) event as one JSON
+    line; a schema-2 line has ``"schema": 2``, its parameters as a JSON
+    object and its env by name.
 ``retry-rejected``
     Move the events the collector refused with 400 back to pending.
 ``collector``
@@ -60,14 +63,29 @@ import diskcache
 import diskcache.core
 from google.protobuf.message import DecodeError
 
-from . import __version__, collector, payload_pb2
-from .config import default_device_id, default_system_version
-from .mapping import EventError, build_event
+from . import __version__, collector, payload_pb2, payload_v2_pb2
+from .config import (
+    check_schema,
+    default_device_id,
+    default_system_language,
+    default_system_version,
+)
+from .mapping import EventError, build_event, build_event_v2
 from .queue import Queue, QueueCorrupt
 from .reader import NotAQueue, QueueReader, check_is_queue
-from .tracker import ClientTracker, default_queue_dir
-from .transport import Answer, Transport
-from .wire import collection_header, encode_payload, session_id, sha256hex
+from .tracker import SCHEMA2_OPTIONS, ClientTracker, default_queue_dir
+from .transport import Answer, Transport, check_headers
+from .wire import (
+    collection_header,
+    collection_header_v2,
+    encode_payload,
+    encode_payloads_v2,
+    environment,
+    frame_schema,
+    session_id,
+    session_id_v2,
+    sha256hex,
+)
 
 __all__ = ["build_parser", "main"]
 
@@ -126,6 +144,20 @@ _SETTINGS = (
     _Setting("product_version", True, "the product version"),
     _Setting("queue_dir", False, "the queue folder (default: the client_id's default folder)"),
     _Setting("timeout", False, "seconds, or CONNECT,READ seconds (default 3.05,10)"),
+    _Setting("schema", False, "the collector's schema: 1 (default) or 2"),
+    _Setting("env", False, "schema 2 only, required there: an Environment name or number 0-11"),
+    _Setting("device_make", False, "schema 2 only"),
+    _Setting("device_model", False, "schema 2 only"),
+    _Setting("system_language", False, "schema 2 only (default: the locale's, e.g. en-US)"),
+    _Setting("browser", False, "schema 2 only"),
+    _Setting("browser_version", False, "schema 2 only"),
+    _Setting("product_language", False, "schema 2 only"),
+    _Setting(
+        "headers",
+        False,
+        "extra HTTP headers as a JSON object, e.g. for a proxy; "
+        "prefer the environment variable, an argument shows in `ps`",
+    ),
 )
 
 
@@ -165,7 +197,35 @@ def _config(args: argparse.Namespace) -> dict[str, str]:
         except UnicodeEncodeError:
             raise UsageError(f"{name} is not valid Unicode") from None
     _check_url(values["collector_url"])
+    try:
+        schema = check_schema(values.get("schema", "1"))
+        if schema == 1:
+            given = [name for name in SCHEMA2_OPTIONS if name in values]
+            if given:
+                flag = "--" + given[0].replace("_", "-")
+                raise ValueError(
+                    f"{flag} exists only in schema 2; this configuration uses schema 1: "
+                    "say --schema 2 (or set HAMUSTRO_SCHEMA=2)"
+                )
+        elif "env" not in values:
+            raise ValueError("schema 2 needs --env (or HAMUSTRO_ENV): a name such as beta, or 0-11")
+        else:
+            environment(values["env"])
+        check_headers(json.loads(values["headers"]) if "headers" in values else None)
+    except json.JSONDecodeError as exc:  # never the text: it may hold a token
+        raise UsageError(f"--headers (or HAMUSTRO_HEADERS) is not a JSON object ({exc})") from None
+    except (TypeError, ValueError) as exc:
+        raise UsageError(str(exc)) from None
     return values
+
+
+def _tracker_fields(config: dict[str, str]) -> dict[str, Any]:
+    """The schema and its collection fields, as ``ClientTracker`` keywords."""
+    out: dict[str, Any] = {"schema": check_schema(config.get("schema", "1"))}
+    out.update((name, config[name]) for name in SCHEMA2_OPTIONS if name in config)
+    if "headers" in config:
+        out["headers"] = json.loads(config["headers"])
+    return out
 
 
 def _check_url(url: str) -> None:
@@ -322,15 +382,20 @@ def _open_queue(directory: Path) -> Iterator[Queue]:
         queue.close()
 
 
-def _payload(frame: bytes) -> payload_pb2.Payload:
+def _payload(frame: bytes) -> payload_pb2.Payload | payload_v2_pb2.Payload:
     """Decode one stored frame (a ``Collection.payloads`` entry: tag, length, Payload).
 
-    A frame is a valid ``Collection`` with one payload, so protobuf strips the prefix.
+    A frame is a valid ``Collection`` with one payload, so protobuf strips
+    the prefix; its tag says the schema.
 
-    >>> from hamustro_logging.wire import Event, encode_payload
+    >>> from hamustro_logging.wire import Event, Event2, encode_payload, encode_payloads_v2
     >>> _payload(encode_payload(Event(1454514088, b"signup"), 7)).nr
     7
+    >>> _payload(encode_payloads_v2([Event2(1454514088, b"signup")], 8)[0]).nr
+    8
     """
+    if frame_schema(frame) == 2:
+        return payload_v2_pb2.Collection.FromString(frame).payloads[0]
     return payload_pb2.Collection.FromString(frame).payloads[0]
 
 
@@ -386,6 +451,7 @@ class SessionStatus:
     """One row of ``status``."""
 
     session: str
+    schema: int | None
     pending: int
     leased: int
     rejected: int
@@ -394,11 +460,14 @@ class SessionStatus:
     last_nr: int | None
 
 
-def _oldest_at(queue: QueueReader, oldest_nr: dict[str, int]) -> dict[str, int]:
+def _oldest_at(
+    queue: QueueReader, oldest_nr: dict[str, int], schemas: dict[str, int]
+) -> dict[str, int]:
     """``at`` of each session's oldest pending event, reading no further than needed.
 
     Chunks are stored sorted by session, header and ``nr``, so the scan
-    stops as soon as every session's oldest event was seen.
+    stops as soon as every session's oldest event was seen. Each session's
+    schema goes into ``schemas``.
     """
     found: dict[str, int] = {}
     if not oldest_nr:
@@ -406,6 +475,7 @@ def _oldest_at(queue: QueueReader, oldest_nr: dict[str, int]) -> dict[str, int]:
     for session, _, nr, frame in queue.iter_events():
         if oldest_nr.get(session) == nr:
             found[session] = _payload(frame).at
+            schemas[session] = frame_schema(frame)
             if len(found) == len(oldest_nr):
                 break
     return found
@@ -415,15 +485,20 @@ def _status(queue: QueueReader, directory: Path) -> dict[str, Any]:
     """The ``status --json`` document."""
     now = time.time()
     infos = {info.session: info for info in queue.sessions()}
-    rejected = collections.Counter(session for session, *_ in queue.iter_events(rejected=True))
+    schemas: dict[str, int] = {}
+    rejected: collections.Counter[str] = collections.Counter()
+    for session, _, _, frame in queue.iter_events(rejected=True):
+        rejected[session] += 1
+        schemas.setdefault(session, frame_schema(frame))
     last = queue.last_numbers()
-    oldest = _oldest_at(queue, {s: info.oldest_nr for s, info in infos.items()})
+    oldest = _oldest_at(queue, {s: info.oldest_nr for s, info in infos.items()}, schemas)
     rows = []
     for session in sorted(set(infos) | set(rejected)):
         info = infos.get(session)
         at = oldest.get(session)
         row = SessionStatus(
             session=session,
+            schema=schemas.get(session),
             pending=info.pending if info else 0,
             leased=info.leased if info else 0,
             rejected=rejected[session],
@@ -483,10 +558,16 @@ def _status_table(doc: dict[str, Any]) -> str:
             f"nothing pending or rejected ({_plural(doc['sessions_seen'], 'session')} seen)"
         )
         return "\n".join(lines)
+    # A schema column only where a schema-2 session is: a schema-1 table stays as it was.
+    both = any(row["schema"] == 2 for row in rows)
+
+    def session_cell(row: dict[str, Any]) -> str:
+        return f"{row['session']} (schema {row['schema'] or '?'})" if both else row["session"]
+
     head = ("session", "pending", "leased", "rejected", "oldest pending", "last nr")
     table = [head] + [
         (
-            row["session"],
+            session_cell(row),
             str(row["pending"]),
             str(row["leased"]),
             str(row["rejected"]),
@@ -520,6 +601,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 def _event_line(session: str, header: bytes, nr: int, frame: bytes) -> dict[str, Any]:
     """One exported event: the payload's fields and its collection header's."""
+    if frame_schema(frame) == 2:
+        return _event_line_v2(session, header, nr, frame)
     collection = payload_pb2.Collection.FromString(header + frame)
     payload = collection.payloads[0]
     has = payload.HasField
@@ -544,6 +627,33 @@ def _event_line(session: str, header: bytes, nr: int, frame: bytes) -> dict[str,
     }
 
 
+def _event_line_v2(session: str, header: bytes, nr: int, frame: bytes) -> dict[str, Any]:
+    """One exported schema-2 event: ``parameters`` as a JSON object, ``env`` by name."""
+    collection = payload_v2_pb2.Collection.FromString(header + frame)
+    payload = collection.payloads[0]
+    has = payload.HasField
+    optional = collection.HasField
+    line: dict[str, Any] = {
+        "schema": 2,
+        "session": session,
+        "nr": nr,
+        "at": payload.at,
+        "event": _text(payload.event),
+    }
+    for name in ("timezone", "tenant_id", "user_id", "ip", "country"):
+        line[name] = _text(getattr(payload, name)) if has(name) else None
+    line["parameters"] = {_text(p.name): _text(p.value) for p in payload.parameters}
+    line["env"] = payload_v2_pb2.Environment.Name(collection.env)
+    for name in ("device_id", "client_id", "system_version", "product_version"):
+        line[name] = _text(getattr(collection, name))
+    for name in (
+        "device_make", "device_model", "system", "system_language", "browser",
+        "browser_version", "product_git_hash", "product_language",
+    ):  # fmt: skip
+        line[name] = _text(getattr(collection, name)) if optional(name) else None
+    return line
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
     directory = _queue_dir(args.queue_dir, args.client_id)
     broken = 0
@@ -556,7 +666,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         for session, header, nr, frame in queue.iter_events(rejected=args.rejected):
             try:
                 line = _event_line(session, header, nr, frame)
-            except (DecodeError, IndexError) as exc:
+            except (DecodeError, IndexError, ValueError) as exc:
                 broken += 1
                 _error(f"session {session} nr {nr}: cannot decode the stored event: {exc}")
                 continue
@@ -649,6 +759,7 @@ def _cmd_flush(args: argparse.Namespace) -> int:
             queue_dir=directory,
             detect_ip=False,
             timeout=timeout,
+            **_tracker_fields(config),
         )
     except _QUEUE_ERRORS as exc:
         raise Failure(f"cannot open the queue in {directory}: {exc}") from None
@@ -707,35 +818,71 @@ def _explain_test(answer: Answer, url: str, read_timeout: float) -> str:
     return f"{answer.error}; is the collector running at {url}?"
 
 
+def _test_header(config: dict[str, str], schema: int, env: int) -> tuple[str, bytes]:
+    """The session and collection header of ``send-test`` in ``schema``.
+
+    A session of its own (product_version + "+send-test"), so the test
+    event's nr 1 never shares a (session, nr) with the application's real events.
+    """
+    device = sha256hex(config["device_id"])
+    client, system_version = config["client_id"], config["system_version"]
+    product_version = config["product_version"] + "+send-test"
+    if schema == 1:
+        session = session_id(device, client, system_version, product_version)
+        return session, collection_header(device, client, session, system_version, product_version)
+    session = session_id_v2(device, client, system_version, product_version, env)
+    fields = {name: config.get(name) for name in SCHEMA2_OPTIONS[1:]}
+    if fields["system_language"] is None:
+        fields["system_language"] = default_system_language()
+    header = collection_header_v2(
+        device, client, session, system_version, product_version, env, **fields
+    )
+    return session, header
+
+
 def _cmd_send_test(args: argparse.Namespace) -> int:
     config = _config(args)
     timeout = _timeout(config)
-    device = sha256hex(config["device_id"])
-    # A session of its own, so the test event's nr 1 never shares a (session, nr)
-    # with the application's real events.
-    client, system_version, product_version = (
-        config["client_id"],
-        config["system_version"],
-        config["product_version"] + "+send-test",
-    )
-    session = session_id(device, client, system_version, product_version)
+    schema = check_schema(config.get("schema", "1"))
+    # The probe of the other schema needs some env: any does, nothing is stored.
+    env = environment(config["env"]) if schema == 2 else 0
+    session, header = _test_header(config, schema, env)
+    now = time.time()
     try:
-        event = build_event(args.event, is_testing=True, at=time.time())
+        if schema == 1:
+            frame = encode_payload(build_event(args.event, is_testing=True, at=now), 1)
+        else:
+            frame = encode_payloads_v2([build_event_v2(args.event, at=now)], 1)[0]
     except EventError as exc:
         raise UsageError(f"--event: {exc}") from None
-    body = collection_header(device, client, session, system_version, product_version)
-    body += encode_payload(event, 1)
-    transport = Transport(config["collector_url"], config["shared_secret_key"], timeout=timeout)
+    transport = Transport(
+        config["collector_url"], config["shared_secret_key"], timeout=timeout,
+        headers=_tracker_fields(config).get("headers"),
+    )  # fmt: skip
     url = _shown_url(transport.url)
     try:
-        answer = transport.post(body)
+        # A valid collection without payloads gets 204 only in the schema the
+        # collector speaks (400 in the other): ask in ours, then in the other.
+        answer = transport.post(header)
+        if answer.status == 400:
+            other = 2 if schema == 1 else 1
+            if transport.post(_test_header(config, other, env)[1]).status == 204:
+                _error(
+                    f"the collector at {url} speaks schema {other}, this configuration schema "
+                    f"{schema}: set schema={other} (--schema {other} or HAMUSTRO_SCHEMA={other})"
+                    + (" and its env (--env or HAMUSTRO_ENV)" if other == 2 else "")
+                )
+                return 1
+        if answer.status in (200, 204):  # else its answer is the event's (405: the secret...)
+            answer = transport.post(header + frame)
     finally:
         transport.close()
     message = _redact(_explain_test(answer, url, timeout[1]), config["shared_secret_key"])
     if not answer.ok:
         _error(message)
         return 1
-    print(f"{message} (event {args.event!r}, session {session}, nr 1, is_testing) at {url}")
+    marked = "is_testing" if schema == 1 else "schema 2, which has no is_testing"
+    print(f"{message} (event {args.event!r}, session {session}, nr 1, {marked}) at {url}")
     return 0
 
 
@@ -788,10 +935,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     send_test = add(
         "send-test",
-        "send one is_testing event straight to the collector and explain the answer",
-        "Send one event with is_testing=true directly to the collector (not through the "
-        "queue, which is left untouched) and say what the answer means. Exits 0 only "
-        "if the collector answered 200.",
+        "send one test event straight to the collector and explain the answer",
+        "Send one test event directly to the collector (not through the queue, which is "
+        "left untouched) and say what the answer means. Schema 1 marks it is_testing; "
+        "schema 2 has no such field, so it is stored like any event, in a session of its "
+        "own (product_version + '+send-test'). First asks the collector, with an empty "
+        "collection, whether it speaks the configured schema, and says which setting to "
+        "change if not. Exits 0 only if the collector answered 200.",
     )
     _add_config_options(send_test)
     send_test.add_argument(

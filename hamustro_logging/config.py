@@ -16,14 +16,25 @@ case (``HAMUSTRO_SHARED_SECRET_KEY``...), so a secret need not sit in a
 
 from __future__ import annotations
 
+import json
+import locale
 import os
 import platform
+import re
 import socket
 import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
-__all__ = ["REQUIRED", "default_device_id", "env_name", "resolve"]
+__all__ = [
+    "REQUIRED",
+    "SCHEMAS",
+    "check_schema",
+    "default_device_id",
+    "default_system_language",
+    "env_name",
+    "resolve",
+]
 
 REQUIRED = object()
 
@@ -58,6 +69,72 @@ def default_system() -> str:
     return platform.system() or "unknown"
 
 
+#: A language tag as a locale names it: ``en``, ``en_US``, ``pt-BR``, ``zh_Hans_CN``.
+_LANGUAGE = re.compile(r"[A-Za-z]{2,3}(?:[_-][A-Za-z0-9]{2,8})*")
+
+
+def default_system_language(environ: Mapping[str, str] | None = None) -> str | None:
+    """The process's language as a BCP 47 tag (``en-US``), or None where no locale is set.
+
+    From ``LC_ALL``, ``LC_MESSAGES`` or ``LANG`` (the first one set, as
+    POSIX reads them for messages), else ``locale.getlocale()``; the
+    encoding and modifier are dropped and ``_`` becomes ``-``. ``C`` and
+    ``POSIX`` are no language: None.
+
+    >>> default_system_language({"LANG": "hu_HU.UTF-8"})
+    'hu-HU'
+    >>> default_system_language({"LC_ALL": "C.UTF-8", "LANG": "en_US.UTF-8"}) is None
+    True
+    """
+    env = os.environ if environ is None else environ
+    name = next((env[v] for v in ("LC_ALL", "LC_MESSAGES", "LANG") if env.get(v)), None)
+    if name is None:
+        try:
+            name = locale.getlocale()[0]
+        except ValueError:  # a locale Python cannot parse
+            name = None
+    if not name:
+        return None
+    name = name.split(".", 1)[0].split("@", 1)[0]
+    if name.upper() in ("C", "POSIX") or not _LANGUAGE.fullmatch(name):
+        return None
+    return name.replace("_", "-")
+
+
+#: The collector schemas this library speaks: 1 (``pseudo-client``) and 2.
+SCHEMAS = (1, 2)
+
+
+def check_schema(value: object) -> int:
+    """The ``schema`` option: 1 or 2 (an int, or its digit as a str from the environment).
+
+    >>> check_schema("2")
+    2
+    >>> check_schema(3)
+    Traceback (most recent call last):
+    ...
+    ValueError: schema must be 1 or 2, got 3
+    """
+    if isinstance(value, str) and value.strip() in ("1", "2"):
+        return int(value)
+    if type(value) is int and value in SCHEMAS:
+        return value
+    raise ValueError(f"schema must be 1 or 2, got {value!r}")
+
+
+def _headers(text: str) -> dict[str, str]:
+    """``HAMUSTRO_HEADERS``: a JSON object of names to str values (never shown in an error)."""
+    try:
+        doc = json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"expected a JSON object of header names to values ({exc})") from None
+    if not isinstance(doc, dict):
+        raise ValueError(
+            f"expected a JSON object of header names to values, got a {type(doc).__name__}"
+        )
+    return doc
+
+
 def _bool(text: str) -> bool:
     lowered = text.strip().lower()
     if lowered in ("1", "true", "yes", "on"):
@@ -83,7 +160,13 @@ def _timeout(text: str) -> float | tuple[float, float]:
     raise ValueError(f"expected seconds or 'connect,read', got {text!r}")
 
 
-PARSERS: dict[str, Callable[[str], Any]] = {"bool": _bool, "verify": _verify, "timeout": _timeout}
+PARSERS: dict[str, Callable[[str], Any]] = {
+    "bool": _bool,
+    "verify": _verify,
+    "timeout": _timeout,
+    "schema": check_schema,
+    "headers": _headers,
+}
 
 Spec = tuple[Any, Any]  # (str | int | float | a PARSERS key, default or REQUIRED or a callable)
 

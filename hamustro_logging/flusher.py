@@ -43,8 +43,7 @@ from collections.abc import Sequence
 import diskcache
 
 from .queue import Appended
-from .tracker import ClientTracker
-from .wire import Event
+from .tracker import ClientTracker, TrackedEvent
 
 __all__ = ["ON_FULL", "Flusher"]
 
@@ -100,7 +99,7 @@ class Flusher:
         self.on_full = on_full
         self.full_timeout = full_timeout
         self.name = name
-        self.buffer: deque[Event] = deque()
+        self.buffer: deque[TrackedEvent] = deque()
         self._spool_wake = threading.Event()
         self._send_wake = threading.Event()
         self._spool_lock = threading.Lock()  # one writer of the buffer to disk at a time
@@ -142,7 +141,7 @@ class Flusher:
 
     # -- called from the application's threads ---------------------------------
 
-    def put(self, event: Event, wait: bool = True) -> None:
+    def put(self, event: TrackedEvent, wait: bool = True) -> None:
         """Buffer one event for the spool thread (no I/O).
 
         When the buffer is full, waits for room (at most ``full_timeout``)
@@ -154,7 +153,7 @@ class Flusher:
         else:
             self._full(event, wait)
 
-    def _append(self, event: Event) -> None:
+    def _append(self, event: TrackedEvent) -> None:
         self.buffer.append(event)
         if self._dropping:
             self._dropping = False
@@ -162,7 +161,7 @@ class Flusher:
         if not self._spool_wake.is_set():
             self._spool_wake.set()
 
-    def _full(self, event: Event, wait: bool) -> None:
+    def _full(self, event: TrackedEvent, wait: bool) -> None:
         """The buffer is full: wait for the spool thread to take a chunk, or drop."""
         buffer, tracker = self.buffer, self.tracker
         reason = self._no_wait_reason(wait)
@@ -236,7 +235,7 @@ class Flusher:
             self._stalled_at = None
         return None
 
-    def store_now(self, event: Event, timeout: float | None) -> None:
+    def store_now(self, event: TrackedEvent, timeout: float | None) -> None:
         """Durable mode: write one event on the caller's thread (and wake the sender if due).
 
         Waits at most ``timeout`` seconds for another process's write lock
@@ -245,7 +244,7 @@ class Flusher:
         """
         self._note(self._store([event], timeout))
 
-    def _store(self, events: Sequence[Event], busy_timeout: float | None) -> Appended:
+    def _store(self, events: Sequence[TrackedEvent], busy_timeout: float | None) -> Appended:
         if busy_timeout is not None and self._bounded_store:
             # (ignore: ClientTracker.store gains busy_timeout in the queue rework)
             store = self.tracker.store

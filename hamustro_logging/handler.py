@@ -18,18 +18,19 @@ from typing import Any
 
 import diskcache
 
-from .config import Spec, resolve
+from .config import Spec, check_schema, resolve
 from .flusher import ON_FULL, Flusher
-from .mapping import EventError, describe, map_record
-from .tracker import TRACKER_OPTIONS, ClientTracker
-from .wire import Event
+from .mapping import EventError, describe, map_record, map_record_v2
+from .tracker import TRACKER_OPTIONS, ClientTracker, TrackedEvent, only_in
 
 __all__ = ["HANDLER_OPTIONS", "HamustroHandler"]
 
 #: The handler's own options (beyond ``TRACKER_OPTIONS``), with their defaults;
 #: each may also come from its ``HAMUSTRO_*`` environment variable.
 HANDLER_OPTIONS: dict[str, Spec] = {
-    "is_testing": ("bool", False),
+    "is_testing": ("bool", None),  # schema 1 only; False when not given
+    "tenant_id": (str, None),  # schema 2 only
+    "user_id": (str, None),  # schema 2 only
     "durable": ("bool", False),
     "close_timeout": (float, 5.0),
     # The crash window: events in memory not yet on disk. A writer that keeps
@@ -95,7 +96,11 @@ class HamustroHandler(logging.Handler):
     ``logging.config.dictConfig``); any left out comes from its ``HAMUSTRO_*``
     environment variable, else its default. Plus its own:
 
-    * ``is_testing`` (False): the default ``is_testing`` of events;
+    * ``is_testing`` (False): the default ``is_testing`` of events (schema 1
+      only: schema 2 has no such field, and refuses it);
+    * ``tenant_id``, ``user_id`` (None; schema 2 only): the user of events
+      whose record has none of its own and when ``tracker.set_user`` set
+      none (a record's own wins, then the stored user, then these);
     * ``durable`` (False): store each event on disk before ``emit`` returns
       (one SQLite transaction per event on the caller's thread) instead of
       buffering it for the spool thread;
@@ -158,6 +163,8 @@ class HamustroHandler(logging.Handler):
         *,
         level: int | str = logging.NOTSET,
         is_testing: bool | None = None,
+        tenant_id: str | None = None,
+        user_id: str | int | None = None,
         durable: bool | None = None,
         close_timeout: float | None = None,
         max_buffer: int | None = None,
@@ -170,7 +177,23 @@ class HamustroHandler(logging.Handler):
         # Everything that can fail comes before logging.Handler.__init__, which
         # registers the handler for logging.shutdown(): a handler whose
         # constructor raised must leave nothing behind for shutdown to call.
-        o = resolve(locals(), HANDLER_OPTIONS)
+        given = dict(locals())
+        o = resolve(given, HANDLER_OPTIONS)
+        schema = check_schema(
+            resolve(tracker_options, {"schema": TRACKER_OPTIONS["schema"]})["schema"]
+        )
+        if schema == 2 and o["is_testing"] is not None:
+            raise only_in(1, "is_testing", given, "handler-wide option")
+        for name in ("tenant_id", "user_id"):
+            if schema == 1 and o[name] is not None:
+                raise only_in(2, name, given, "handler-wide option")
+        if o["is_testing"] is None:
+            o["is_testing"] = False
+        if isinstance(o["user_id"], int) and not isinstance(o["user_id"], bool):
+            o["user_id"] = str(o["user_id"])
+        for name in ("tenant_id", "user_id"):
+            if o[name] is not None and (not isinstance(o[name], str) or not o[name]):
+                raise ValueError(f"{name} must be a non-empty str, got {o[name]!r:.64}")
         for name in ("is_testing", "durable"):
             if not isinstance(o[name], bool):
                 raise TypeError(f"{name} must be bool, got {type(o[name]).__name__}")
@@ -196,7 +219,10 @@ class HamustroHandler(logging.Handler):
             open_lazily=True, **tracker_options,
         )  # fmt: skip
         super().__init__(level)
+        self.schema = self.tracker.schema
         self.is_testing: bool = o["is_testing"]
+        self.tenant_id: str | None = o["tenant_id"]
+        self.user_id: str | None = o["user_id"]
         self.durable: bool = o["durable"]
         self.close_timeout = float(o["close_timeout"])
         self.max_buffer = max_buffer
@@ -221,17 +247,25 @@ class HamustroHandler(logging.Handler):
 
     # -- the stdlib handler contract --------------------------------------------
 
-    def map_record(self, record: logging.LogRecord) -> Event | None:
+    def map_record(self, record: logging.LogRecord) -> TrackedEvent | None:
         """Turn a record into an event, or ``None`` to ignore the record.
 
         Override it to change the mapping, for example to take the event name
         from another attribute or to send every ``extra`` attribute as params
         (see :func:`hamustro_logging.extra_attributes`); build the event with
-        :func:`hamustro_logging.build_event`, which checks every field. Runs
-        on the logging thread, under the handler's lock; raise
+        :func:`hamustro_logging.build_event` (schema 1) or
+        :func:`hamustro_logging.build_event_v2` (schema 2), which check every
+        field, and return the handler's schema's event. Runs on the logging
+        thread, under the handler's lock; raise
         :class:`~hamustro_logging.EventError` for a bad field.
         """
-        return map_record(record, self.is_testing, self.max_event_bytes, self.event_key)
+        if self.schema == 1:
+            return map_record(record, self.is_testing, self.max_event_bytes, self.event_key)
+        tenant, user = self.tracker.user
+        return map_record_v2(
+            record, self.max_event_bytes, self.event_key,
+            self.tenant_id if tenant is None else tenant, self.user_id if user is None else user,
+        )  # fmt: skip
 
     def emit(self, record: logging.LogRecord) -> None:
         """Map the record and hand it to the spool thread; never raises, never does network I/O.
@@ -255,7 +289,7 @@ class HamustroHandler(logging.Handler):
         except Exception:
             self.handleError(record)
 
-    def _store_now(self, event: Event) -> None:
+    def _store_now(self, event: TrackedEvent) -> None:
         """Write on the caller's thread; if the queue cannot take it now, buffer it."""
         try:
             self._flusher.store_now(event, self.durable_timeout)

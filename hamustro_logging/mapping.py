@@ -18,11 +18,22 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+import time
+from collections.abc import Mapping
 from typing import Any
 
-from .wire import UINT32_MAX, UINT64_MAX, Event
+from .wire import UINT32_MAX, UINT64_MAX, Event, Event2, encode_parameters
 
-__all__ = ["EventError", "build_event", "describe", "extra_attributes", "map_record"]
+__all__ = [
+    "EventError",
+    "build_event",
+    "build_event_v2",
+    "describe",
+    "extra_attributes",
+    "local_offset",
+    "map_record",
+    "map_record_v2",
+]
 
 #: Attributes every LogRecord has; whatever else a record carries came from
 #: ``extra=`` (or a filter). Taken from a blank record, as structlog's
@@ -204,6 +215,237 @@ def map_record(
         d.get("params"),
         d.get("is_testing", default_is_testing),
         d.get("ip"),
+        record.created,
+        max_event_bytes=max_event_bytes,
+    )
+
+
+# -- schema 2 ---------------------------------------------------------------------------
+
+#: Record attributes of schema 1 only: a schema-2 record that sets one is refused.
+SCHEMA1_ONLY_FIELDS = ("is_testing",)
+#: Event fields of schema 2 only (``track_event`` keywords, record attributes).
+SCHEMA2_ONLY_FIELDS = ("tenant_id", "timezone", "country")
+
+#: The UTC offsets change only on a quarter hour (UTC) in every zone in use,
+#: so one computed offset holds for its whole 15-minute slot.
+_OFFSET_SLOT = 900
+
+
+class _LocalOffset:
+    """The local UTC offset at a time, as ``+01:00``, cached per 15-minute slot.
+
+    It runs on every schema-2 emit: one comparison when the slot is the
+    cached one (a tuple replaced whole, so threads need no lock).
+    """
+
+    def __init__(self) -> None:
+        #: [start, end) of the cached slot, and its offset.
+        self.cached: tuple[float, float, bytes] = (0, 0, b"")
+
+    def __call__(self, at: float) -> bytes:
+        start, end, text = self.cached
+        if start <= at < end:
+            return text
+        slot = int(at) // _OFFSET_SLOT * _OFFSET_SLOT
+        text = self.format(time.localtime(at).tm_gmtoff)
+        self.cached = (slot, slot + _OFFSET_SLOT, text)
+        return text
+
+    @staticmethod
+    def format(seconds: int) -> bytes:
+        """
+        >>> _LocalOffset.format(3600), _LocalOffset.format(-34200), _LocalOffset.format(0)
+        (b'+01:00', b'-09:30', b'+00:00')
+        """
+        sign = "-" if seconds < 0 else "+"
+        minutes = (abs(seconds) + 30) // 60
+        return f"{sign}{minutes // 60:02d}:{minutes % 60:02d}".encode("ascii")
+
+
+#: The process's local offset (a pure function of the time and the process's
+#: time zone; the cache only saves the ``localtime`` call).
+local_offset = _LocalOffset()
+
+
+def _text_field(field: str, value: object) -> bytes:
+    if not isinstance(value, str):
+        raise EventError(field, f"expected str, got {_type_name(value)}")
+    return _utf8(field, value)
+
+
+def _parameters_v2(params: object) -> bytes | None:
+    """Schema 2's repeated ``Parameter`` list from a mapping (see :func:`build_event_v2`)."""
+    if params is None:
+        return None
+    if not isinstance(params, Mapping):
+        hint = " (schema 1's form; schema 2 takes a mapping)" if isinstance(params, str) else ""
+        raise EventError(
+            "params", f"expected a mapping of str names to values, got {_type_name(params)}{hint}"
+        )
+    # Runs on every emit: the common values (str, int, bool) skip the JSON encoder.
+    pairs: list[tuple[bytes, bytes]] = []
+    try:
+        for name, value in params.items():
+            if not isinstance(name, str):
+                raise EventError(
+                    "params", f"names must be str, got {_type_name(name)} {name!r:.64}"
+                )
+            if not name:
+                raise EventError("params", "a parameter name may not be empty")
+            kind = type(value)
+            if kind is str:
+                text = value
+            elif value is None:
+                continue
+            elif kind is int:
+                text = str(value)
+            elif kind is bool:
+                text = "true" if value else "false"
+            else:
+                try:
+                    text = _to_json(value)
+                except Exception as exc:
+                    why = "nested too deeply" if isinstance(exc, RecursionError) else describe(exc)
+                    raise EventError(
+                        "params", f"the value of {name!r:.64} cannot be JSON-encoded: {why}"
+                    ) from None
+            pairs.append((name.encode("utf-8"), text.encode("utf-8")))
+    except UnicodeEncodeError as exc:
+        raise EventError(
+            "params", f"str is not valid Unicode ({exc.reason} at index {exc.start})"
+        ) from None
+    return encode_parameters(pairs) if pairs else None
+
+
+def build_event_v2(
+    event: object,
+    params: object = None,
+    user_id: object = None,
+    tenant_id: object = None,
+    ip: object = None,
+    timezone: object = None,
+    country: object = None,
+    at: float | int | None = None,
+    *,
+    max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+) -> Event2:
+    """Check every field of a schema-2 event and return the :class:`~hamustro_logging.wire.Event2`.
+
+    * ``params``: a mapping with str names; a str value is sent as is, None
+      leaves the pair out, any other value goes as its compact JSON (``3``
+      as ``"3"``, ``True`` as ``"true"``, a list as its JSON);
+    * ``user_id``, ``tenant_id``: str (an int ``user_id`` is sent as its
+      decimal string, as schema 1 apps pass it);
+    * ``timezone``: free text; None: the local UTC offset at ``at``, as ``+01:00``;
+    * ``country``: sent only when given (nothing is looked up).
+
+    Raises :class:`EventError` (a ``ValueError``) naming the first bad field.
+
+    >>> e = build_event_v2("signup", {"plan": "pro", "seats": 3, "trial": None},
+    ...                    user_id=7, at=1454514088, timezone="+01:00")
+    >>> e.user_id, e.timezone, e.params == encode_parameters([(b"plan", b"pro"), (b"seats", b"3")])
+    (b'7', b'+01:00', True)
+    >>> build_event_v2("signup", "plan=pro", at=0)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    hamustro_logging.mapping.EventError: ... field 'params': expected a mapping ... got str (schema 1's form; schema 2 takes a mapping)
+    """  # noqa: E501 -- doctest output lines
+    if not isinstance(event, str):
+        raise EventError("event", f"expected a non-empty str, got {_type_name(event)}")
+    if not event:
+        raise EventError("event", "expected a non-empty str, got an empty str")
+    name = _utf8("event", event)
+
+    # This runs for every event on the application's thread: plain checks,
+    # the common types first, no loops or temporary containers.
+    user: bytes | None = None
+    if user_id is not None:
+        if type(user_id) is str:
+            user = _utf8("user_id", user_id)
+        elif isinstance(user_id, int) and not isinstance(user_id, bool):
+            user = str(int(user_id)).encode("ascii")
+        elif isinstance(user_id, str):
+            user = _utf8("user_id", user_id)
+        else:
+            raise EventError("user_id", f"expected str (or int), got {_type_name(user_id)}")
+    tenant = None if tenant_id is None else _text_field("tenant_id", tenant_id)
+    ip_bytes = None if ip is None else _ip_bytes(ip)
+    country_bytes = None if country is None else _text_field("country", country)
+    params_bytes = _parameters_v2(params)
+
+    if isinstance(at, bool) or not isinstance(at, (int, float)) or not 0 <= at <= UINT64_MAX:
+        raise EventError("at", f"expected epoch seconds, got {_type_name(at)} {at!r}")
+    if timezone is None:
+        start, end, zone = local_offset.cached  # the cache, without a call
+        if not start <= at < end:
+            zone = local_offset(at)
+    else:
+        zone = _text_field("timezone", timezone)
+
+    size = len(name) + len(zone) + (0 if params_bytes is None else len(params_bytes))
+    if user is not None:
+        size += len(user)
+    if tenant is not None or ip_bytes is not None or country_bytes is not None:
+        size += len(tenant or b"") + len(ip_bytes or b"") + len(country_bytes or b"")
+    if size > max_event_bytes:
+        sizes = {
+            "event": len(name), "timezone": len(zone), "tenant_id": len(tenant or b""),
+            "user_id": len(user or b""), "country": len(country_bytes or b""),
+            "params": len(params_bytes or b""),
+        }  # fmt: skip
+        field = max(sizes, key=sizes.__getitem__)
+        raise EventError(
+            field,
+            f"the event is {size} bytes ({sizes[field]} of them its {field}), more than "
+            f"max_event_bytes={max_event_bytes}",
+        )
+    # tuple.__new__ skips NamedTuple's Python-level __new__, as build_event does.
+    return tuple.__new__(
+        Event2, (int(at), name, zone, tenant, user, ip_bytes, country_bytes, params_bytes)
+    )
+
+
+def map_record_v2(
+    record: logging.LogRecord,
+    max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+    event_key: str = "event",
+    default_tenant_id: str | None = None,
+    default_user_id: str | None = None,
+) -> Event2 | None:
+    """Schema 2's default mapping: ``None`` for a record without an ``event`` attribute.
+
+    Reads ``event`` (or ``event_key``), ``params``, ``user_id``,
+    ``tenant_id``, ``ip``, ``timezone`` and ``country`` from the record (or
+    from its ``extra`` dict, as :func:`map_record` does); a record without
+    its own ``user_id``/``tenant_id`` (or with None) gets the defaults. A
+    record that sets ``is_testing`` (schema 1 only) is refused, never
+    silently sent without it.
+
+    >>> r = logging.makeLogRecord({"event": "signup", "params": {"plan": "pro"}, "created": 5})
+    >>> map_record_v2(r, default_user_id="u-7").user_id
+    b'u-7'
+    """
+    d = record.__dict__
+    if event_key not in d:
+        extra = d.get("extra")
+        if not (type(extra) is dict and event_key in extra):
+            return None
+        d = extra
+    if "is_testing" in d:
+        raise EventError(
+            "is_testing", "does not exist in schema 2 (the collector has no such field); remove it"
+        )
+    user_id = d.get("user_id")
+    tenant_id = d.get("tenant_id")
+    return build_event_v2(
+        d[event_key],
+        d.get("params"),
+        default_user_id if user_id is None else user_id,
+        default_tenant_id if tenant_id is None else tenant_id,
+        d.get("ip"),
+        d.get("timezone"),
+        d.get("country"),
         record.created,
         max_event_bytes=max_event_bytes,
     )

@@ -14,30 +14,62 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 from urllib.parse import urlsplit
 
 from .config import (
     REQUIRED,
     Spec,
+    check_schema,
     default_device_id,
     default_system,
+    default_system_language,
     default_system_version,
+    env_name,
     resolve,
 )
 from .delivery import Delivery, DrainResult
-from .mapping import DEFAULT_MAX_EVENT_BYTES, build_event
+from .mapping import (
+    DEFAULT_MAX_EVENT_BYTES,
+    SCHEMA1_ONLY_FIELDS,
+    SCHEMA2_ONLY_FIELDS,
+    EventError,
+    build_event,
+    build_event_v2,
+)
 from .queue import Appended, Queue, QueueBusy, QueueFull, SessionInfo
 from .report import Reporter
 from .retry import Backoff
 from .stats import Stats
-from .transport import Transport, track_url
+from .transport import Transport, check_headers, track_url
 from .transport import _without_userinfo as without_userinfo
-from .wire import Event, collection_header, md5hex, session_id, sha256hex
+from .wire import (
+    ENVIRONMENTS,
+    Event,
+    Event2,
+    collection_header,
+    collection_header_v2,
+    encode_payloads,
+    encode_payloads_v2,
+    environment,
+    md5hex,
+    session_id,
+    session_id_v2,
+    sha256hex,
+)
 
-__all__ = ["TRACKER_OPTIONS", "ClientTracker", "default_queue_dir"]
+__all__ = [
+    "SCHEMA2_OPTIONS",
+    "TRACKER_OPTIONS",
+    "ClientTracker",
+    "TrackedEvent",
+    "default_queue_dir",
+]
+
+#: A validated event of either schema (a tracker stores only its own schema's).
+TrackedEvent = Event | Event2
 
 #: Every option: its type (for its ``HAMUSTRO_*`` environment variable) and
 #: its default. The README's options table lists the same.
@@ -50,6 +82,19 @@ TRACKER_OPTIONS: dict[str, Spec] = {
     "product_version": (str, REQUIRED),
     "system": (str, default_system),
     "product_git_hash": (str, None),
+    # 1: the collector of pseudo-client.md; 2: upstream's newest (pseudo-client-v2).
+    "schema": ("schema", 1),
+    # Schema 2's collection fields (refused with schema 1). env is required
+    # with schema 2; system_language defaults to the process's locale there.
+    "env": (str, None),
+    "device_make": (str, None),
+    "device_model": (str, None),
+    "system_language": (str, None),
+    "browser": (str, None),
+    "browser_version": (str, None),
+    "product_language": (str, None),
+    # Extra HTTP headers on every request (a JSON object in $HAMUSTRO_HEADERS).
+    "headers": ("headers", None),
     "queue_size": (int, 20),
     "queue_retention": (float, 1440.0),
     "queue_dir": (str, None),
@@ -79,6 +124,31 @@ TRACKER_OPTIONS: dict[str, Spec] = {
 #: The longest a lazily opening tracker (the handler's) waits for another
 #: process's write lock in its constructor.
 _LAZY_OPEN_WAIT = 0.5
+
+#: Options of schema 2 only: given with schema 1 they are refused.
+SCHEMA2_OPTIONS = (
+    "env",
+    "device_make",
+    "device_model",
+    "system_language",
+    "browser",
+    "browser_version",
+    "product_language",
+)
+
+
+def only_in(schema: int, name: str, given: Mapping[str, Any], where: str = "option") -> ValueError:
+    """The error for an option of ``schema`` only, given with the other one.
+
+    Says where it came from (an argument or its environment variable) and
+    which setting to change.
+    """
+    source = f"${env_name(name)}" if given.get(name) is None else name
+    other = 1 if schema == 2 else 2
+    return ValueError(
+        f"{source}: the {where} {name} exists only in schema {schema}; this one uses schema "
+        f"{other} (schema={other}, or $HAMUSTRO_SCHEMA): set schema={schema} or remove {name}"
+    )
 
 
 def default_queue_dir(client_id: str, collector_url: str) -> Path:
@@ -249,9 +319,24 @@ class ClientTracker:
         min_free_bytes: int | None = None,
         backoff_base: float | None = None,
         backoff_cap: float | None = None,
+        schema: int | None = None,
+        env: str | int | None = None,
+        device_make: str | None = None,
+        device_model: str | None = None,
+        system_language: str | None = None,
+        browser: str | None = None,
+        browser_version: str | None = None,
+        product_language: str | None = None,
+        headers: Mapping[str, str] | None = None,
         open_lazily: bool = False,
     ) -> None:
-        o = resolve(locals(), TRACKER_OPTIONS)
+        given = dict(locals())
+        o = resolve(given, TRACKER_OPTIONS)
+        self.schema: int = check_schema(o["schema"])
+        if self.schema == 1:
+            for name in SCHEMA2_OPTIONS:
+                if o[name] is not None:
+                    raise only_in(2, name, given)
         collector_url, shared_secret_key = o["collector_url"], o["shared_secret_key"]
         device_id, client_id = o["device_id"], o["client_id"]
         system_version, product_version = o["system_version"], o["product_version"]
@@ -278,6 +363,20 @@ class ClientTracker:
         self.product_version = _required("product_version", product_version)
         self.system = _optional("system", system)
         self.product_git_hash = _optional("product_git_hash", product_git_hash)
+        self.env: int | None = None
+        #: Schema 2's optional collection fields (None with schema 1).
+        self.collection_fields: dict[str, str | None] = {}
+        if self.schema == 2:
+            if o["env"] is None:
+                raise ValueError(
+                    f"env is required with schema 2: pass it or set ${env_name('env')} (a name "
+                    f"such as 'production' or 'beta', or its number 0-{max(ENVIRONMENTS.values())})"
+                )
+            self.env = environment(o["env"])
+            if o["system_language"] is None:
+                o["system_language"] = default_system_language()
+            self.collection_fields = {n: _optional(n, o[n]) for n in SCHEMA2_OPTIONS[1:]}
+        extra_headers = check_headers(o["headers"])
         self.queue_size = _count("queue_size", queue_size)
         self.queue_retention = _seconds("queue_retention", queue_retention)
         self.max_event_bytes = _count("max_event_bytes", max_event_bytes)
@@ -305,11 +404,24 @@ class ClientTracker:
         #: database if the folder is deleted or a corrupt one is set aside.
         self._numbers: dict[str, int] = {}
         self.storage_problem: str | None = None  # the last store's failure, until one succeeds
-        self._header = collection_header(
-            self.device_id, self.client_id, self.session, self.system_version,
-            self.product_version, self.system, self.product_git_hash,
-        )  # fmt: skip
+        self._encode: Callable[[Sequence[Any], int, bytes | None], list[bytes]]
+        if self.env is None:
+            self._header = collection_header(
+                self.device_id, self.client_id, self.session, self.system_version,
+                self.product_version, self.system, self.product_git_hash,
+            )  # fmt: skip
+            self._encode = encode_payloads
+        else:
+            self._header = collection_header_v2(
+                self.device_id, self.client_id, self.session, self.system_version,
+                self.product_version, self.env, system=self.system,
+                product_git_hash=self.product_git_hash, **self.collection_fields,
+            )  # fmt: skip
+            self._encode = encode_payloads_v2
+        #: (tenant_id, user_id) of ``set_user``: read when the queue opens.
+        self.user: tuple[str | None, str | None] = (None, None)
         self._transport_options: dict[str, Any] = {"timeout": _timeout(timeout), "verify": verify}
+        self._transport_options["headers"] = extra_headers
         self._transport_options["request_timeout"] = o["request_timeout"]
         self._url = url
         self._backoff = Backoff(
@@ -319,7 +431,8 @@ class ClientTracker:
         self._secret = secret
         self._ip = _IpFinder(url) if detect_ip else None
         self.stats_counters = Stats()
-        self.reporter = Reporter(secrets=[secret])
+        # The extra headers' values are kept like the secret (a proxy's token, say).
+        self.reporter = Reporter(secrets=[secret, *extra_headers.values()])
         self._open(lazy=open_lazily)
 
     def _open(self, lazy: bool = False, defer: bool = False) -> None:
@@ -365,6 +478,8 @@ class ClientTracker:
         self._hid = queue.register_header(
             self.session, self._header, self.destination, busy_timeout=busy_timeout
         )
+        if self.schema == 2:
+            self.user = queue.load_user(self.client_id)
         self._queue = queue
         return queue
 
@@ -401,8 +516,13 @@ class ClientTracker:
         """The spec's session id.
 
         md5hex(sha256hex(device_id) + ":" + client_id + ":" + system_version
-        + ":" + product_version); computed once, in the constructor.
+        + ":" + product_version), with schema 2 + ":" + the env's number;
+        computed once, in the constructor.
         """
+        if self.env is not None:
+            return session_id_v2(
+                self.device_id, self.client_id, self.system_version, self.product_version, self.env
+            )
         return session_id(self.device_id, self.client_id, self.system_version, self.product_version)
 
     def load_collections(self) -> list[SessionInfo]:
@@ -417,6 +537,7 @@ class ClientTracker:
         """Epoch seconds of the last successful send (or of the queue's creation)."""
         return self.queue.last_sync()
 
+    @overload
     def track_event(
         self,
         event: str,
@@ -424,23 +545,47 @@ class ClientTracker:
         params: str | dict[str, Any] | list[Any] | None = None,
         is_testing: bool = False,
         ip: str | None = None,
-    ) -> int:
+    ) -> int: ...
+
+    @overload
+    def track_event(
+        self,
+        event: str,
+        params: Mapping[str, object] | None = None,
+        *,
+        user_id: str | int | None = None,
+        tenant_id: str | None = None,
+        ip: str | None = None,
+        timezone: str | None = None,
+        country: str | None = None,
+    ) -> int: ...
+
+    def track_event(self, event: str, *args: Any, **fields: Any) -> int:
         """Store one event (on disk before this returns); send if a trigger fires.
 
+        Schema 1: ``track_event(event, user_id=None, params=None,
+        is_testing=False, ip=None)``. Schema 2: ``track_event(event,
+        params=None, *, user_id=None, tenant_id=None, ip=None, timezone=None,
+        country=None)``, where ``params`` is a mapping (see
+        :func:`~hamustro_logging.mapping.build_event_v2`) and an event
+        without ``user_id``/``tenant_id`` takes those of :meth:`set_user`.
+
         Returns the event's ``nr``. Bad fields raise ``ValueError`` naming the
-        field; a full queue raises :class:`~hamustro_logging.queue.QueueFull`.
-        Sending failures do not raise: the event stays queued, and the next
-        attempt waits for the backoff.
+        field (a field of the other schema too); a full queue raises
+        :class:`~hamustro_logging.queue.QueueFull`. Sending failures do not
+        raise: the event stays queued, and the next attempt waits for the backoff.
         """
-        record = build_event(
-            event,
-            user_id,
-            params,
-            is_testing,
-            ip,
-            time.time(),
-            max_event_bytes=self.max_event_bytes,
-        )
+        record: TrackedEvent
+        if self.schema == 1:
+            for name in SCHEMA2_ONLY_FIELDS:
+                if name in fields:
+                    raise EventError(name, "exists only in schema 2; this tracker uses schema 1")
+            record = self._event_v1(event, *args, **fields)
+        else:
+            for name in SCHEMA1_ONLY_FIELDS:
+                if name in fields:
+                    raise EventError(name, "does not exist in schema 2; remove it")
+            record = self._event_v2(event, *args, **fields)
         self.refresh_ip()  # this synchronous API may wait; the handler's emit never does
         done = self.store([record])
         self.send_if_due()
@@ -448,9 +593,72 @@ class ClientTracker:
             raise QueueFull(f"the queue in {self.queue_dir} is full; the event was not stored")
         return done.last_nr
 
+    def _event_v1(
+        self,
+        event: str,
+        user_id: int | None = None,
+        params: str | dict[str, Any] | list[Any] | None = None,
+        is_testing: bool = False,
+        ip: str | None = None,
+    ) -> Event:
+        return build_event(
+            event, user_id, params, is_testing, ip, time.time(),
+            max_event_bytes=self.max_event_bytes,
+        )  # fmt: skip
+
+    def _event_v2(
+        self,
+        event: str,
+        params: Mapping[str, object] | None = None,
+        *,
+        user_id: str | int | None = None,
+        tenant_id: str | None = None,
+        ip: str | None = None,
+        timezone: str | None = None,
+        country: str | None = None,
+    ) -> Event2:
+        tenant, user = self.user
+        return build_event_v2(
+            event, params, user if user_id is None else user_id,
+            tenant if tenant_id is None else tenant_id, ip, timezone, country, time.time(),
+            max_event_bytes=self.max_event_bytes,
+        )  # fmt: skip
+
+    def set_user(self, tenant_id: str | None, user_id: str | int | None) -> None:
+        """The spec's ``SetUser`` (schema 2): events without their own user take this one.
+
+        Stored in the queue folder (it survives a restart; None and None
+        signs out). An ``int`` ``user_id`` is kept as its decimal string.
+        Another process sharing the folder sees it when it next opens the
+        queue (at its start).
+        """
+        if self.schema != 2:
+            raise ValueError(
+                "set_user exists only in schema 2; this tracker uses schema 1 "
+                "(schema=1, or $HAMUSTRO_SCHEMA): set schema=2"
+            )
+        if tenant_id is not None and not isinstance(tenant_id, str):
+            raise TypeError(f"tenant_id must be str or None, got {type(tenant_id).__name__}")
+        if isinstance(user_id, int) and not isinstance(user_id, bool):
+            user_id = str(int(user_id))
+        elif user_id is not None and not isinstance(user_id, str):
+            raise TypeError(f"user_id must be str, int or None, got {type(user_id).__name__}")
+        tenant = None if tenant_id is None else _required("tenant_id", tenant_id)
+        user = None if user_id is None else _required("user_id", user_id)
+        with self._store_lock:
+            self.queue.set_user(self.client_id, tenant, user)
+        self.user = (tenant, user)
+
+    def load_user(self) -> tuple[str | None, str | None]:
+        """The spec's ``LoadUser``: (tenant_id, user_id) stored by :meth:`set_user` (read again)."""
+        if self.schema != 2:
+            return (None, None)
+        self.user = self.queue.load_user(self.client_id)
+        return self.user
+
     # -- building blocks (the handler uses these) ------------------------------
 
-    def store(self, events: Sequence[Event], busy_timeout: float | None = None) -> Appended:
+    def store(self, events: Sequence[TrackedEvent], busy_timeout: float | None = None) -> Appended:
         """Number and store validated events in one transaction.
 
         Events that do not fit in a full queue are counted as dropped
@@ -471,8 +679,9 @@ class ClientTracker:
             try:
                 queue = self._current_queue(busy_timeout)
                 done = queue.append(
-                    self.session, self._hid, events, default_ip, busy_timeout=busy_timeout
-                )
+                    self.session, self._hid, events, default_ip,
+                    busy_timeout=busy_timeout, encode=self._encode,
+                )  # fmt: skip
             finally:
                 self._store_lock.release()
         except Exception as exc:

@@ -23,17 +23,19 @@ What a request may do, and why:
 from __future__ import annotations
 
 import math
+import re
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import requests
+from requests.structures import CaseInsensitiveDict
 from urllib3 import Timeout
 
 from .wire import signature
 
-__all__ = ["Answer", "Transport", "track_url"]
+__all__ = ["Answer", "Transport", "check_headers", "track_url"]
 
 TRACK_PATH = "/api/v1/track"
 USER_AGENT = "hamustro-logging/0.1.0"
@@ -58,6 +60,62 @@ def track_url(collector_url: str) -> str:
     """
     url = collector_url.rstrip("/")
     return url if url.endswith(TRACK_PATH) else url + TRACK_PATH
+
+
+#: Headers the library sets itself; ``headers`` may not replace them.
+_OWN_HEADERS = frozenset({"content-type", "content-length", "transfer-encoding"})
+#: RFC 9110's ``token``: what a header name may be.
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+
+def check_headers(headers: object) -> dict[str, str]:
+    """The ``headers`` option checked: a dict of extra request headers.
+
+    Refuses (``ValueError``) a header the library sets itself
+    (``Content-Type``, ``Content-Length``, ``Transfer-Encoding``, any
+    ``X-Hamustro-*``) and names or values HTTP cannot carry. A value is
+    treated like the secret: no message ever shows it.
+
+    >>> check_headers({"X-Proxy-Auth": "token-1"})
+    {'X-Proxy-Auth': 'token-1'}
+    >>> check_headers({"x-hamustro-time": "1"})
+    Traceback (most recent call last):
+    ...
+    ValueError: headers may not set 'x-hamustro-time': the library sets Content-Type and every X-Hamustro-* header itself
+    """  # noqa: E501 -- a doctest's expected line
+    if headers is None:
+        return {}
+    if not isinstance(headers, Mapping):
+        raise TypeError(
+            f"headers must be a mapping of names to str values, got {type(headers).__name__}"
+        )
+    out: dict[str, str] = {}
+    for name, value in headers.items():
+        if not isinstance(name, str) or not _TOKEN.fullmatch(name):
+            shown = repr(name)[:64] if isinstance(name, str) else type(name).__name__
+            raise ValueError(f"headers: {shown} is not a valid HTTP header name")
+        lowered = name.lower()
+        if lowered in _OWN_HEADERS or lowered.startswith("x-hamustro-"):
+            raise ValueError(
+                f"headers may not set {name!r}: the library sets Content-Type and every "
+                "X-Hamustro-* header itself"
+            )
+        if not isinstance(value, str):
+            raise TypeError(
+                f"headers: the value of {name!r} must be str, got {type(value).__name__}"
+            )
+        try:
+            value.encode("latin-1")
+            valid = value == value.strip(" \t") and all(c == "\t" or c >= " " for c in value)
+        except UnicodeEncodeError:
+            valid = False
+        if not valid or "\x7f" in value:
+            raise ValueError(
+                f"headers: the value of {name!r} cannot be sent in an HTTP header (a control "
+                "character, a space at either end or a character outside Latin-1; not shown)"
+            )
+        out[name] = value
+    return out
 
 
 @dataclass(frozen=True)
@@ -159,6 +217,9 @@ class Transport:
     headers a byte at a time.
     ``verify`` is True (check TLS against the system's CAs), a CA bundle
     path, or False (never do that outside development).
+    ``headers`` are added to every request (the spec's ``SetHeaders``, for a
+    proxy in front of the collector); see :func:`check_headers`. Their values
+    are kept like the secret: never in a message or a ``repr``.
 
     >>> Transport("http://127.0.0.1:8080", "s", timeout=(1, 5), request_timeout=8).max_duration
     9.0
@@ -172,6 +233,7 @@ class Transport:
         timeout: tuple[float, float] = (3.05, 10.0),
         request_timeout: float = 30.0,
         verify: bool | str = True,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         if not (
             isinstance(request_timeout, (int, float))
@@ -184,6 +246,9 @@ class Transport:
         #: The URL for messages: without a ``user:password@`` part.
         self.shown_url = _without_userinfo(self.url)
         self._secret = shared_secret_key
+        # The User-Agent, then the user's headers (which may replace it).
+        self._base_headers = CaseInsensitiveDict({"User-Agent": USER_AGENT})
+        self._base_headers.update(check_headers(headers))
         self.timeout = timeout
         self.request_timeout = float(request_timeout)
         #: The most any ``post()`` takes, in seconds (see the class docstring).
@@ -217,12 +282,10 @@ class Transport:
         # and the upload left of the budget (Timeout.read_timeout).
         timeout = Timeout(connect=min(connect, budget), read=min(read, budget), total=budget)
         stamp = str(int(time.time()))
-        headers = {
-            "User-Agent": USER_AGENT,
-            "Content-Type": "application/protobuf",
-            "X-Hamustro-Time": stamp,
-            "X-Hamustro-Signature": signature(stamp, body, self._secret),
-        }
+        headers = self._base_headers.copy()
+        headers["Content-Type"] = "application/protobuf"
+        headers["X-Hamustro-Time"] = stamp
+        headers["X-Hamustro-Signature"] = signature(stamp, body, self._secret)
         upload = _Upload(body, end)
         request = requests.PreparedRequest()
         request.prepare(method="POST", url=self.url, headers=headers, data=upload if body else b"")

@@ -32,6 +32,20 @@ def test_quickstart_delivers_three_events(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []  # nothing written to the working directory
 
 
+def test_schema2_example_delivers_three_events_in_schema_2(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "schema2.py")],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "the collector accepted 3 events" in done.stdout
+    assert "nr=1 signup        env=DEVELOPMENT tenant_id=acme user_id=u-7" in done.stdout
+    assert 'params={"items":"[\\"tea\\"]","total":"12"}' in done.stdout
+    assert "nr=3 checkout      env=DEVELOPMENT tenant_id=acme user_id=u-7" in done.stdout
+    assert 'params={"paid":"true"}' in done.stdout
+    assert list(tmp_path.iterdir()) == []  # nothing written to the working directory
+
+
 def test_django_logging_setting_sends_with_configuration_from_the_environment(
     tmp_path: Path, collector: DevCollector, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -178,7 +178,13 @@ def test_map_record_refuses_clearly_or_encodes_what_was_given(
             "created": AT + 0.75,
         }
     )
-    check(lambda: handler.map_record(record), event, user_id, params, is_testing, ip)
+
+    def mapped() -> wire.Event | None:  # a schema-1 handler maps to schema 1's Event
+        built = handler.map_record(record)
+        assert built is None or isinstance(built, wire.Event)
+        return built
+
+    check(mapped, event, user_id, params, is_testing, ip)
 
 
 # -- inputs the strategies above do not reach, or reach too rarely ----------------

@@ -224,10 +224,10 @@ def test_bad_event_field_is_named_and_others_go_on(
     with ClientTracker(**tracker_config(collector, tmp_path, queue_size=1000)) as t:
         t.track_event("before")
         if field is None:
-            t.track_event(**kwargs)  # type: ignore[arg-type]
+            t.track_event(**kwargs)  # type: ignore[call-overload]
         else:
             with pytest.raises(ValueError, match=f"field '{field}'"):
-                t.track_event(**kwargs)  # type: ignore[arg-type]
+                t.track_event(**kwargs)  # type: ignore[call-overload]
         t.track_event("after")
         assert t.flush()
     events = [e["event"] for e in collector.events()]
