@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import bisect
 import contextlib
-import inspect
 import threading
 import time
 from collections import deque
@@ -125,11 +124,9 @@ class Flusher:
         self._threads: list[threading.Thread] = []
         self._since_wake = 0  # events stored since the send thread was last woken
         self._saw_empty = True  # the send thread last found nothing to send
+        self.closing = False  # close() is coming (see wake_waiting)
         self._ranges_lock = threading.Lock()
         self._ranges: list[tuple[int, int]] = []  # nr ranges stored by us, not known delivered
-        # ClientTracker.store(..., busy_timeout=) bounds the wait for another
-        # process's write lock; a tracker without it waits the queue's default.
-        self._bounded_store = "busy_timeout" in inspect.signature(tracker.store).parameters
 
     def start(self) -> None:
         self._threads = [
@@ -173,10 +170,12 @@ class Flusher:
                         len(buffer) < self.max_buffer
                         or self._storage_error is not None
                         or self._stop_spool
+                        or self.closing
                     ),
                     self.full_timeout,
                 )
-            if len(buffer) < self.max_buffer and self._storage_error is None:
+            if self.closing or (len(buffer) < self.max_buffer and self._storage_error is None):
+                # (closing: close() is waiting for this emit; it writes the buffer next)
                 self._append(event)
                 return
             reason = self._no_wait_reason(wait)
@@ -245,11 +244,7 @@ class Flusher:
         self._note(self._store([event], timeout))
 
     def _store(self, events: Sequence[TrackedEvent], busy_timeout: float | None) -> Appended:
-        if busy_timeout is not None and self._bounded_store:
-            # (ignore: ClientTracker.store gains busy_timeout in the queue rework)
-            store = self.tracker.store
-            return store(events, busy_timeout=busy_timeout)  # type: ignore[call-arg,unused-ignore]
-        return self.tracker.store(events)
+        return self.tracker.store(events, busy_timeout=busy_timeout)
 
     def _note(self, done: Appended) -> None:
         """Remember the numbers this handler stored (for ``flush()``), and wake the sender."""
@@ -327,11 +322,7 @@ class Flusher:
 
     def _all_mine_delivered(self) -> bool:
         """True if no nr this handler stored is still unsent; forgets those delivered."""
-        queue = self.tracker.queue
-        unsent_ranges = getattr(queue, "unsent_ranges", None)
-        if unsent_ranges is None:  # a queue without it: the folder must be empty
-            return bool(queue.pending_count() == 0)
-        unsent: list[tuple[int, int]] = sorted(unsent_ranges(self.tracker.session))
+        unsent = sorted(self.tracker.queue.unsent_ranges(self.tracker.session))
         starts = [first for first, _ in unsent]
         with self._ranges_lock:
             mine = list(self._ranges)
@@ -346,6 +337,16 @@ class Flusher:
         with self._ranges_lock:
             self._ranges = [r for r in self._ranges if r not in delivered]
         return len(delivered) == len(mine)
+
+    def wake_waiting(self) -> None:
+        """close() is coming: an emit waiting for room stops waiting and keeps its event.
+
+        The emit holds the handler's lock, which close() must take; without
+        this, close() would first wait out ``full_timeout``.
+        """
+        self.closing = True
+        with self._room:
+            self._room.notify_all()
 
     def stop(self, timeout: float, final_send: bool = True) -> bool:
         """Stop both threads; the send thread makes one final attempt within ``timeout``.
@@ -382,9 +383,7 @@ class Flusher:
         needs the database, which another process may hold. If it does not
         finish, the leases expire by themselves.
         """
-        give_back = getattr(self.tracker.delivery, "give_back", None)
-        if give_back is None:  # a Delivery without it: the leases expire by themselves
-            return
+        give_back = self.tracker.delivery.give_back
         reporter = self.tracker.reporter
 
         def run() -> None:

@@ -350,6 +350,7 @@ class HamustroHandler(logging.Handler):
         spool thread could not write by then are counted (``closed``) and
         reported.
         """
+        self._flusher.wake_waiting()  # an emit waiting for room would hold the lock below
         self.acquire()  # no emit() is half-way when _closed flips (reentrant in shutdown)
         try:
             if self._closed:

@@ -17,6 +17,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -322,3 +323,41 @@ def test_stderr_routed_into_logging_does_not_deadlock_durable_emits(
         "handler": options(url, secret, queue_dir, durable=True, queue_size=1, close_timeout=1),
     }
     assert run_script(tmp_path, STDERR_INTO_LOGGING, config, timeout=60).strip() == "done"
+
+
+def test_close_does_not_wait_out_an_emit_waiting_for_room(
+    collector: DevCollector, secret: str, tmp_path: Path
+) -> None:
+    queue_dir = tmp_path / "q"
+    small = {"max_buffer": 5, "full_timeout": 30, "queue_size": 10**6, "close_timeout": 0.5}
+    handler = HamustroHandler(**options(collector.url, secret, queue_dir, **small))
+    log = logging.getLogger("hangs.close-while-waiting")
+    log.addHandler(handler)
+    log.propagate = False
+    log.setLevel(logging.INFO)
+    try:
+        log.info("e", extra={"event": "first"})
+        assert handler.flush(timeout=10) is True
+        with write_lock_held(queue_dir):  # the spool thread cannot write: the buffer fills
+
+            def produce() -> None:
+                for _ in range(20):
+                    log.info("e", extra={"event": "more"})
+
+            producer = threading.Thread(target=produce)
+            producer.start()
+            deadline = time.monotonic() + 10
+            while handler.stats()["buffered"] < 5:  # full; the producer now waits (30 s)
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+            time.sleep(0.2)
+            started = time.monotonic()
+            handler.close()
+            took = time.monotonic() - started
+            producer.join(5)
+    finally:
+        log.removeHandler(handler)
+    # close_timeout is 0.5 s; the waiting emit would have held close() up for
+    # seconds (until the spool thread gave up on the lock, or full_timeout).
+    assert took < 2, f"close() took {took:.1f} s behind an emit waiting for room"
+    assert not producer.is_alive()
