@@ -73,8 +73,8 @@ from .config import (
 from .mapping import EventError, build_event, build_event_v2
 from .queue import Queue, QueueCorrupt
 from .reader import NotAQueue, QueueReader, check_is_queue
-from .tracker import SCHEMA2_OPTIONS, ClientTracker, default_queue_dir
-from .transport import Answer, Transport, check_headers
+from .tracker import SCHEMA2_OPTIONS, ClientTracker, default_queue_dir, destination_id
+from .transport import Answer, Transport, check_headers, track_url
 from .wire import (
     collection_header,
     collection_header_v2,
@@ -682,6 +682,23 @@ def _cmd_retry_rejected(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_rebind(args: argparse.Namespace) -> int:
+    url = args.collector_url or os.environ.get("HAMUSTRO_COLLECTOR_URL")
+    secret = os.environ.get("HAMUSTRO_SHARED_SECRET_KEY")
+    secret = args.shared_secret_key or secret
+    if not url or not secret:
+        raise UsageError(
+            "rebind needs the collector the events should go to: --collector-url "
+            "[$HAMUSTRO_COLLECTOR_URL] and --shared-secret-key [$HAMUSTRO_SHARED_SECRET_KEY]"
+        )
+    _check_url(url)
+    directory = _queue_dir(args.queue_dir, args.client_id, url)
+    with _open_queue(directory) as queue:
+        moved = queue.rebind(destination_id(url, secret))
+    print(f"{_plural(moved, 'event')} now bound to {_shown_url(track_url(url))}")
+    return 0
+
+
 # -- flush -----------------------------------------------------------------------------
 
 
@@ -972,6 +989,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_queue_options(retry)
 
+    rebind = add(
+        "rebind",
+        "send the events kept for another collector or key to this one",
+        "Events are kept for the collector and key they were logged for, and only a sender "
+        "configured for those sends them. After a key rotation, or when the collector moved, "
+        "bind every event in the folder to the collector and key given here instead (they are "
+        "sent by the next flush or the running app).",
+    )
+    _add_queue_options(rebind)
+    rebind.add_argument(
+        "--collector-url", metavar="URL", help="the collector's base URL [$HAMUSTRO_COLLECTOR_URL]"
+    )
+    rebind.add_argument(
+        "--shared-secret-key",
+        metavar="KEY",
+        help="its shared secret key [$HAMUSTRO_SHARED_SECRET_KEY]; better set in the environment",
+    )
+
     # Everything after `collector` goes to the collector's own parser, --help included.
     sub.add_parser(
         "collector",
@@ -995,6 +1030,7 @@ _COMMANDS = {
     "send-test": _cmd_send_test,
     "export": _cmd_export,
     "retry-rejected": _cmd_retry_rejected,
+    "rebind": _cmd_rebind,
 }
 
 

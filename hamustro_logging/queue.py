@@ -1330,6 +1330,52 @@ class Queue:
                     freed += 1
         return freed
 
+    # -- moving events to another collector or key -----------------------------
+
+    @_gated
+    def rebind(self, destination: str) -> int:
+        """Bind every group of events to ``destination``; return how many events moved.
+
+        For a rotated key or a collector that moved: events logged for the
+        old one are otherwise left for a sender configured for it. Leases
+        are dropped (a sender of the old destination still in a request
+        then does not delete what it sent; the attempt stays counted, so the
+        next delivery counts as a resend).
+        """
+        moved = 0
+        with self._transaction():
+            cache = self._cache
+            groups = {
+                parsed[:2]
+                for prefix in ("e/", "r/")
+                for key in self._keys_with(prefix)
+                if (parsed := parse_chunk_key(key)) is not None
+            }
+            for session, hid in sorted(groups):
+                info = self._group(session, hid)
+                if info is None or info[1] == destination:
+                    continue
+                header = info[0]
+                new = md5hex(destination.encode() + b"\0" + header)[:8]
+                cache.set(f"h/{session}/{new}", header)
+                cache.set(f"d/{session}/{new}", destination)
+                for prefix in ("e/", "r/"):
+                    for key in list(self._keys_with(f"{prefix}{session}/{hid}/")):
+                        _, _, first, n = _parse_chunk_key(key)
+                        target = f"{prefix}{session}/{new}/{first:010d}/{n}"
+                        cache.set(target, cache.get(key))
+                        attempts = self._int("m/" + key)
+                        if attempts:
+                            cache.set("m/" + target, attempts)
+                        for old in (key, "l/" + key, "m/" + key):
+                            cache.delete(old)
+                        moved += n if prefix == "e/" else 1
+                for old in (f"h/{session}/{hid}", f"d/{session}/{hid}"):
+                    cache.delete(old)
+                self._headers.pop((session, hid), None)
+            self._tail = None
+        return moved
+
     # -- the user (schema 2's SetUser / LoadUser) ----------------------------------
 
     @_gated

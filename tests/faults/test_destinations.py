@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 
 from hamustro_logging import ClientTracker, HamustroHandler
+from hamustro_logging.cli import main
 from hamustro_logging.collector import DevCollector
 
-from ..support import TEST_SECRET, numbers, tracker_config
+from ..support import TEST_SECRET, collector_at, numbers, tracker_config
 
 
 @pytest.fixture
@@ -115,3 +116,34 @@ def test_the_default_folder_depends_on_the_collector(
     assert {e["event"] for e in collector.wait_for(5)} == {"for_a"}
     assert {e["event"] for e in other_collector.wait_for(5)} == {"for_b"}
     assert len(collector.events()) == len(other_collector.events()) == 5
+
+
+OLD_KEY, NEW_KEY = "old-key", "new-key"
+
+
+def test_after_a_key_rotation_rebind_sends_the_old_events_with_the_new_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The collector now takes only the new key: `hamustro-logging rebind` moves the backlog."""
+    folder = tmp_path / "queue"
+    with DevCollector(secret=OLD_KEY, output=io.StringIO()) as before:
+        config = tracker_config(before, folder, queue_size=10**6, shared_secret_key=OLD_KEY)
+        with ClientTracker(**config) as old:
+            for i in range(5):
+                old.track_event("logged_with_the_old_key", user_id=i)
+            old.queue.claim("a-sender-of-the-old-key", lease_seconds=3600, max_events=1)
+        url = before.url
+    with collector_at(url, secret=NEW_KEY) as after:  # the key was rotated
+        config = tracker_config(url, folder, queue_size=10**6, shared_secret_key=NEW_KEY)
+        with ClientTracker(**config) as new:
+            assert new.flush(timeout=10) is False  # the old events wait for the old key
+            assert new.queue.pending_count() == 5 and after.events() == []
+        args = ["--queue-dir", str(folder), "--collector-url", url]
+        assert main(["rebind", *args, "--shared-secret-key", NEW_KEY]) == 0
+        assert "5 events now bound to" in capsys.readouterr().out
+        with ClientTracker(**config) as new:
+            assert new.flush(timeout=10) is True
+            assert new.stats()["resent"] == 5  # the chunk claimed before may have gone out
+        events = after.wait_for(5)
+    assert sorted(e["user_id"] for e in events) == list(range(5))
+    assert sorted(e["nr"] for e in events) == [1, 2, 3, 4, 5]  # the same numbers, once each
