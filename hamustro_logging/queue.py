@@ -454,6 +454,19 @@ def _proc_stat(pid: int) -> tuple[str, str] | None:
         return None
 
 
+def _host() -> str:
+    """This host, as lease owners name it: its name and PID namespace.
+
+    Containers may share a host name without sharing process ids; a pid is
+    only looked up where it means the same process.
+    """
+    try:
+        namespace = os.readlink("/proc/self/ns/pid").replace(":", "")
+    except OSError:
+        namespace = ""
+    return f"{socket.gethostname()}@{namespace}"
+
+
 def new_owner() -> str:
     """A lease owner id: ``host:pid:start:nonce`` (unique to this object in this process).
 
@@ -463,7 +476,7 @@ def new_owner() -> str:
     pid = os.getpid()
     stat = _proc_stat(pid)
     start = stat[1] if stat else "0"
-    return f"{socket.gethostname()}:{pid}:{start}:{uuid.uuid4().hex[:12]}"
+    return f"{_host()}:{pid}:{start}:{uuid.uuid4().hex[:12]}"
 
 
 def _owner_gone(owner: str) -> bool:
@@ -473,7 +486,7 @@ def _owner_gone(owner: str) -> bool:
         pid = int(pid_text)
     except ValueError:
         return False  # not an id new_owner() made: only its expiry frees it
-    if host != socket.gethostname() or pid == os.getpid() or pid <= 0:
+    if host != _host() or pid == os.getpid() or pid <= 0:
         return False
     try:
         os.kill(pid, 0)
