@@ -61,9 +61,6 @@ def main():
         pool.starmap(helper.emit, jobs)
         pool.close()
         pool.join()
-    elif kind == "pool_with":  # __exit__ is terminate(): SIGTERM to the workers
-        with ctx.Pool(4, **init) as pool:
-            pool.starmap(helper.emit, jobs)
     elif kind == "executor":
         with concurrent.futures.ProcessPoolExecutor(4, mp_context=ctx, **init) as ex:
             list(ex.map(helper.emit, *zip(*jobs)))

@@ -149,12 +149,7 @@ def test_a_request_that_gives_up_then_resent_is_counted(
 
 CLAIM_AND_WAIT = """
 import sys, time
-from hamustro_logging.queue import Queue
-try:
-    from hamustro_logging.queue import new_owner
-except ImportError:  # older versions: an owner id of any shape
-    def new_owner():
-        return "killed-sender"
+from hamustro_logging.queue import Queue, new_owner
 queue = Queue(sys.argv[1])
 batch = queue.claim(new_owner(), 3600)  # an hour: only the owner's death frees it early
 print(batch.count, flush=True)
