@@ -10,10 +10,14 @@ the median over all calls. Handlers:
   handler; its queue is emptied between rounds, outside the timing);
 * ``HamustroHandler`` (default: buffered, on disk within the durability window);
 * ``HamustroHandler(durable=True)`` (on disk before emit returns);
+* ``HamustroHandler(schema=2, env="production")`` (default otherwise), with
+  the same event but ``user_id`` as a str (schema 2's type); its median and
+  p90 are also given as a ratio to the default schema-1 handler's;
 * python-logstash-async ``AsynchronousLogstashHandler`` (SQLite-backed).
 
-Every Hamustro and logstash handler sends to a live local peer, so their
-background threads work as in production while the app logs.
+Every Hamustro and logstash handler sends to a live local peer (the schema-2
+handler to a local collector run with ``--schema 2``), so their background
+threads work as in production while the app logs.
 """
 
 from __future__ import annotations
@@ -36,12 +40,14 @@ from pathlib import Path
 from hamustro_logging import HamustroHandler
 
 SECRET = "bench-secret"  # noqa: S105
+SCHEMA1 = "HamustroHandler (default)"
+SCHEMA2 = "HamustroHandler (schema=2)"
 
 
-def start_collector() -> tuple[subprocess.Popen[str], str]:
+def start_collector(schema: int = 1) -> tuple[subprocess.Popen[str], str]:
     process = subprocess.Popen(
         [sys.executable, "-m", "hamustro_logging.collector", "--port", "0", "--secret", SECRET,
-         "--output", "/dev/null"],
+         "--schema", str(schema), "--output", "/dev/null"],
         stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     assert process.stderr is not None
@@ -74,11 +80,11 @@ def sink_port() -> tuple[socket.socket, int]:
     return server, server.getsockname()[1]
 
 
-def hamustro(url: str, folder: Path, durable: bool) -> HamustroHandler:
+def hamustro(url: str, folder: Path, durable: bool, **schema2: str | int) -> HamustroHandler:
     return HamustroHandler(
         collector_url=url, shared_secret_key=SECRET, device_id="bench", client_id="bench",
         system_version="1", product_version="1", queue_dir=str(folder), durable=durable,
-        queue_size=500,
+        queue_size=500, **schema2,
     )  # fmt: skip
 
 
@@ -90,12 +96,14 @@ def main() -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="hamustro-bench-"))
     collector, url = start_collector()
+    collector2, url2 = start_collector(schema=2)
     server: socket.socket | None = None
     handlers: dict[str, logging.Handler] = {}
     simple: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
     handlers["stdlib QueueHandler(SimpleQueue)"] = logging.handlers.QueueHandler(simple)
-    handlers["HamustroHandler (default)"] = hamustro(url, tmp / "q1", durable=False)
+    handlers[SCHEMA1] = hamustro(url, tmp / "q1", durable=False)
     handlers["HamustroHandler (durable=True)"] = hamustro(url, tmp / "q2", durable=True)
+    handlers[SCHEMA2] = hamustro(url2, tmp / "q3", durable=False, schema=2, env="production")
     try:
         from logstash_async.handler import AsynchronousLogstashHandler
 
@@ -116,6 +124,9 @@ def main() -> None:
 
     samples: dict[str, list[int]] = {name: [] for name in handlers}
     extra = {"event": "order_placed", "user_id": 7, "params": {"total": 12, "currency": "EUR"}}
+    # Schema 2's user_id is a str (an int is accepted and converted, at a cost
+    # a schema-2 app does not pay); everything else is the same.
+    extras = {name: extra for name in handlers} | {SCHEMA2: extra | {"user_id": "7"}}
     names = list(loggers)
     for round_ in range(args.rounds):
         # Rotate who goes first: each handler follows each other one equally
@@ -126,6 +137,7 @@ def main() -> None:
             log = loggers[name]
             info: Callable[..., None] = log.info
             out = samples[name]
+            extra = extras[name]
             clock = time.perf_counter_ns
             for _ in range(args.calls):
                 start = clock()
@@ -144,13 +156,18 @@ def main() -> None:
         median = statistics.median(values)
         p90 = values[int(len(values) * 0.9)]
         print(f"{name:<46} {median / 1000:>7.2f}us {p90 / 1000:>7.2f}us {median / floor:>15.2f}x")
+    one, two = samples[SCHEMA1], samples[SCHEMA2]
+    print(f"{'schema 2 / schema 1 (default handlers)':<46} "
+          f"{statistics.median(two) / statistics.median(one):>8.3f}x "
+          f"{two[int(len(two) * 0.9)] / one[int(len(one) * 0.9)]:>8.3f}x")  # fmt: skip
 
     for handler in handlers.values():
         handler.close()
     if server is not None:
         server.close()
-    collector.terminate()
-    collector.wait()
+    for process in (collector, collector2):
+        process.terminate()
+        process.wait()
     shutil.rmtree(tmp, ignore_errors=True)
 
 
