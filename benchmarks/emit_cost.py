@@ -1,6 +1,6 @@
 """Emit cost: one ``log.info(..., extra={"event": ...})`` through each handler.
 
-    python benchmarks/emit_cost.py [--rounds 15] [--calls 2000]
+    python benchmarks/emit_cost.py [--rounds 15] [--calls 2000] [--json PATH]
 
 Interleaved rounds in one process: in each round every handler in turn gets
 ``--calls`` calls, each timed alone with ``perf_counter_ns``; the figure is
@@ -18,11 +18,15 @@ the median over all calls. Handlers:
 Every Hamustro and logstash handler sends to a live local peer (the schema-2
 handler to a local collector run with ``--schema 2``), so their background
 threads work as in production while the app logs.
+
+``--json PATH`` also writes each handler's median and p90 (µs) to ``PATH``,
+for ``run_all.py --plot``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import logging.handlers
 import queue
@@ -92,6 +96,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--calls", type=int, default=2000)
+    parser.add_argument("--json", type=Path, metavar="PATH", help="also write the figures here")
     args = parser.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="hamustro-bench-"))
@@ -151,15 +156,20 @@ def main() -> None:
     print(f"emit cost, median of {args.rounds} interleaved rounds x {args.calls} calls "
           f"(Python {sys.version.split()[0]})")  # fmt: skip
     print(f"{'handler':<46} {'median':>9} {'p90':>9} {'vs QueueHandler':>16}")
+    rows = []
     for name, values in samples.items():
         values.sort()
         median = statistics.median(values)
         p90 = values[int(len(values) * 0.9)]
         print(f"{name:<46} {median / 1000:>7.2f}us {p90 / 1000:>7.2f}us {median / floor:>15.2f}x")
+        rows.append({"name": name, "median_us": median / 1000, "p90_us": p90 / 1000})
     one, two = samples[SCHEMA1], samples[SCHEMA2]
     print(f"{'schema 2 / schema 1 (default handlers)':<46} "
           f"{statistics.median(two) / statistics.median(one):>8.3f}x "
           f"{two[int(len(two) * 0.9)] / one[int(len(one) * 0.9)]:>8.3f}x")  # fmt: skip
+    if args.json:
+        figures = {"rounds": args.rounds, "calls": args.calls, "handlers": rows}
+        args.json.write_text(json.dumps(figures, indent=2) + "\n", encoding="utf-8")
 
     for handler in handlers.values():
         handler.close()
