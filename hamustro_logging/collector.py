@@ -1,8 +1,8 @@
 """A local Hamustro collector for development and tests; not for production.
 
-It answers ``POST /api/v1/track`` exactly as ``spec/collector.md`` says the
-real collector does, check by check and in the same order, and prints every
-accepted event as one compact JSON line (stdout by default). It speaks one
+It answers ``POST /api/v1/track`` exactly as the real collector does, check
+by check and in the same order (``docs/protocol.md`` lists them), and prints
+every accepted event as one compact JSON line (stdout by default). It speaks one
 schema: schema 1 (the default) or, with ``schema=2`` / ``--schema 2``, schema 2
 as upstream's newest collector does (protobuf or JSON bodies; events recorded
 as that collector stores them: ``env`` by name, the parameters as one JSON
@@ -453,7 +453,7 @@ class DevCollector:
             self._statuses[status] += 1
 
     def _check(self, headers: Any, body: bytes) -> _Answer:
-        """The collector's checks, in the collector's order (collector.md)."""
+        """The collector's checks, in the collector's order (docs/protocol.md)."""
         time_header = headers.get("X-Hamustro-Time")
         if not time_header:
             return _Answer(405, "X-Hamustro-Time header is missing")
@@ -545,7 +545,7 @@ class DevCollector:
         return _Answer(200, events=events, text="\n".join(lines), n_events=len(payloads))
 
     def _check_v2(self, headers: Any, body: bytes, media_type: str) -> _Answer:
-        """Schema 2's checks after the signature, in the collector's order (collector.md)."""
+        """Schema 2's checks after the signature, in the collector's order (docs/protocol.md)."""
         collection = payload_v2_pb2.Collection()
         is_json = media_type == "application/json"
         if is_json:

@@ -32,7 +32,7 @@ def decide(answer: Answer) -> Action:
     (<Action.DELIVERED: 'delivered'>, <Action.SPLIT: 'split'>, <Action.RETRY: 'retry'>)
     """
     status = answer.status
-    # 200 is the only answer that means "stored" (collector.md); 204 is the
+    # 200 is the only answer that means "stored" (docs/protocol.md); 204 is the
     # collector's answer to an empty collection, which is never sent.
     if status == 200:
         return Action.DELIVERED
