@@ -72,7 +72,7 @@ __all__ = [
 TrackedEvent = Event | Event2
 
 #: Every option: its type (for its ``HAMUSTRO_*`` environment variable) and
-#: its default. The README's options table lists the same.
+#: its default. The options table in docs/handler.md lists the same.
 TRACKER_OPTIONS: dict[str, Spec] = {
     "collector_url": (str, REQUIRED),
     "shared_secret_key": (str, REQUIRED),

@@ -200,3 +200,16 @@ def test_rest_docstrings_become_markdown() -> None:
         "See `C`, `f`.", "", "```pycon", ">>> 1 + 1", "2", "```", "",
         "From a shell:", "", "```", "run it", "```", "", "End.",
     ]  # fmt: skip
+
+
+def test_the_options_table_lists_every_option() -> None:
+    from hamustro_logging.handler import HANDLER_OPTIONS
+    from hamustro_logging.tracker import TRACKER_OPTIONS
+
+    page = (ROOT / "docs" / "handler.md").read_text(encoding="utf-8")
+    table = page.split("## Options", 1)[1].split("\n## ", 1)[0]
+    listed = set()
+    for row in table.splitlines():
+        if row.startswith("| `"):
+            listed |= set(re.findall(r"`(\w+)`", row.split("|")[1]))
+    assert set(TRACKER_OPTIONS) | set(HANDLER_OPTIONS) <= listed
