@@ -63,7 +63,8 @@ import diskcache
 import diskcache.core
 from google.protobuf.message import DecodeError
 
-from . import __version__, collector, payload_pb2, payload_v2_pb2
+from . import collector, payload_pb2, payload_v2_pb2
+from ._version import __version__
 from .config import (
     check_schema,
     default_device_id,

@@ -33,12 +33,13 @@ import requests
 from requests.structures import CaseInsensitiveDict
 from urllib3 import Timeout
 
+from ._version import __version__
 from .wire import signature
 
 __all__ = ["Answer", "Transport", "check_headers", "track_url"]
 
 TRACK_PATH = "/api/v1/track"
-USER_AGENT = "hamustro-logging/0.1.0"
+USER_AGENT = f"hamustro-logging/{__version__}"
 
 #: Errors meaning the collector was never reached (``retry.explain`` then asks
 #: whether it runs at that URL; after any other error it was reached).
