@@ -621,8 +621,9 @@ def test_cli_flush_sends_a_schema_2_folder(
 ) -> None:
     with ClientTracker(**v2(collector2.url, tmp_path / "q", queue_size=100)) as t:
         t.track_event("queued", {"a": 1})
-    args = cli_config(collector2.url, tmp_path / "q", "--schema", "2", "--env", "beta")
-    assert main(["flush", *args]) == 0
+    # Only the folder, the URL and the secret: the session's stored header says schema 2.
+    args = ["--collector-url", collector2.url, "--shared-secret-key", TEST_SECRET]
+    assert main(["flush", *args, "--queue-dir", str(tmp_path / "q")]) == 0
     assert "sent 1, failed attempts 0, left 0" in capsys.readouterr().out
     assert collector2.wait_for(1)[0]["parameters"] == '{"a":"1"}'
 
