@@ -922,7 +922,7 @@ def _cmd_send_test(args: argparse.Namespace) -> int:
             answer = transport.post(header + frame)
     finally:
         transport.close()
-    message = _redact(_explain_test(answer, url, timeout[1]), config["shared_secret_key"])
+    message = _explain_test(answer, url, timeout[1])
     if not answer.ok:
         _error(message)
         return 1
@@ -934,9 +934,26 @@ def _cmd_send_test(args: argparse.Namespace) -> int:
 # -- the parser and main -----------------------------------------------------------------
 
 
-def _redact(line: str, secret: str) -> str:
-    """Blank ``secret`` out of ``line`` (4+ characters, as the library's Reporter does)."""
-    return line.replace(secret, "***") if len(secret) >= 4 else line
+def _unrecognized(rest: list[str]) -> str:
+    """Arguments a command does not take, for its usage error: options by name, no values.
+
+    A value given to a command that does not take its option may be the
+    secret (``status --shared-secret-key KEY``), so none is repeated.
+
+    >>> _unrecognized(["--bogus"]), _unrecognized(["--shared-secret-key", "k", "--headers={}"])
+    ('--bogus', '--shared-secret-key --headers (and 1 value, not shown)')
+    """
+
+    def is_option(arg: str) -> bool:  # --name or -x: a value may start with "-" too
+        return arg.startswith("--") or (len(arg) == 2 and arg.startswith("-"))
+
+    options = [arg.split("=", 1)[0] for arg in rest if is_option(arg)]
+    values = len(rest) - len(options)
+    shown = " ".join(options)
+    if values:
+        count = _plural(values, "value")
+        shown += f" (and {count}, not shown)" if options else f"{count}, not shown"
+    return shown
 
 
 def _error(message: str) -> None:
@@ -1082,7 +1099,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "collector":
             return _run_collector(rest)
         if rest:
-            parser.error(f"unrecognized arguments: {' '.join(rest)}")
+            parser.error(f"unrecognized arguments: {_unrecognized(rest)}")
         return _COMMANDS[args.command](args)
     except SystemExit as exc:  # argparse: --help, --version, usage errors
         return _exit_code(exc)

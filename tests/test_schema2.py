@@ -373,7 +373,6 @@ def test_headers_reach_the_collector_and_are_never_shown_or_stored(
             t.track_event("e")
             assert t.flush()
             assert token not in repr(t) and token not in repr(t.transport)
-            t.reporter.once(f"a message that happens to hold {token}")
         handler, log = handler_for(config)
         try:
             log.info("x", extra={"event": "from_handler"})
@@ -424,7 +423,8 @@ def test_headers_from_the_environment(tmp_path: Path, monkeypatch: pytest.Monkey
         ({"headers": {"Content-Type": "text/plain"}}, "headers may not set 'Content-Type'"),
         ({"headers": {"x-hamustro-signature": "x"}}, "headers may not set 'x-hamustro-signature'"),
         ({"headers": {"X-Ok": "line\r\nbreak"}}, "the value of 'X-Ok' cannot be sent"),
-        ({"headers": {"bad name": "v"}}, "'bad name' is not a valid HTTP header name"),
+        ({"headers": {"bad name": "v"}}, "'bad'... (the rest not shown) is not a valid HTTP"),
+        ({"headers": {"X-Ok": "\xa0leading no-break space"}}, "the value of 'X-Ok' cannot be sent"),
     ],
 )
 def test_tracker_and_handler_refuse_options(
