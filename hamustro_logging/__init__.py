@@ -5,6 +5,7 @@
 ['ClientTracker', 'Event', 'EventError']
 """
 
+from ._version import __version__
 from .handler import HamustroHandler
 from .mapping import (
     EventError,
@@ -16,8 +17,6 @@ from .mapping import (
 )
 from .tracker import ClientTracker, default_queue_dir
 from .wire import Event
-
-__version__ = "0.1.0"
 
 __all__ = [
     "ClientTracker",

@@ -7,8 +7,9 @@ Subcommands (each has ``--help``):
     pending event and the last ``nr``; for the folder: the last sync, bytes
     on disk and pending bytes. A table, or one JSON document with ``--json``.
 ``flush``
-    Send everything pending in the folder (every session, each with its own
-    stored header), with a progress bar on a terminal; exit 0 if nothing is left.
+    Send everything pending in the folder that is bound to the given collector
+    and key (every session, each with its own stored header), with a progress
+    bar on a terminal; exit 0 if nothing is left.
 ``send-test``
     Send one test event straight to the collector (not through the queue)
     and say in plain words what the answer means; first find out which
@@ -24,7 +25,8 @@ Subcommands (each has ``--help``):
 
 ``status``, ``export`` and ``retry-rejected`` take the folder (``--queue-dir``)
 or the ``client_id`` whose default folder to use (``--client-id``). ``flush``
-and ``send-test`` take the tracker's configuration. Every option falls back
+takes the folder, the collector's URL and the secret (and ``--timeout``,
+``--headers``); ``send-test`` the tracker's configuration. Every option falls back
 to the ``HAMUSTRO_<NAME>`` environment variable. The command never creates a
 queue folder, and it never prints the shared secret.
 
@@ -36,7 +38,8 @@ for writing. A password in ``collector_url`` is never printed.
 
 Exit codes: 0 success, 1 the operation failed or left something unsent, 2 a
 usage or configuration error. The CLI holds no business logic of its own: it
-calls :class:`~hamustro_logging.queue.Queue`, :class:`ClientTracker`,
+calls :class:`~hamustro_logging.queue.Queue`,
+:class:`~hamustro_logging.delivery.Delivery`,
 :class:`~hamustro_logging.reader.QueueReader` and
 :class:`~hamustro_logging.transport.Transport`.
 """
@@ -53,7 +56,7 @@ import sqlite3
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -63,17 +66,21 @@ import diskcache
 import diskcache.core
 from google.protobuf.message import DecodeError
 
-from . import __version__, collector, payload_pb2, payload_v2_pb2
+from . import collector, payload_pb2, payload_v2_pb2
+from ._version import __version__
 from .config import (
     check_schema,
     default_device_id,
     default_system_language,
     default_system_version,
 )
+from .delivery import Delivery
 from .mapping import EventError, build_event, build_event_v2
 from .queue import Queue, QueueCorrupt
 from .reader import NotAQueue, QueueReader, check_is_queue
-from .tracker import SCHEMA2_OPTIONS, ClientTracker, default_queue_dir, destination_id
+from .report import Reporter
+from .stats import Stats
+from .tracker import SCHEMA2_OPTIONS, default_queue_dir, destination_id
 from .transport import Answer, Transport, check_headers, track_url
 from .wire import (
     collection_header,
@@ -161,11 +168,25 @@ _SETTINGS = (
 )
 
 
-def _add_config_options(parser: argparse.ArgumentParser) -> None:
+#: What ``flush`` needs: where the folder is, and the collector and key its events
+#: are bound to. Each stored session is sent with its own stored header, so
+#: none of the collection fields (product_version, schema, env...) is asked for.
+_FLUSH_SETTINGS = (
+    *(s for s in _SETTINGS if s.name in ("collector_url", "shared_secret_key", "queue_dir")),
+    _Setting(
+        "client_id", False, "use the default queue folder of this client_id (and collector URL)"
+    ),
+    *(s for s in _SETTINGS if s.name in ("timeout", "headers")),
+)
+
+
+def _add_config_options(
+    parser: argparse.ArgumentParser, settings: tuple[_Setting, ...] = _SETTINGS
+) -> None:
     group = parser.add_argument_group(
         "configuration", "Each option defaults to its environment variable, shown in brackets."
     )
-    for setting in _SETTINGS:
+    for setting in settings:
         group.add_argument(
             setting.flag,
             dest=setting.name,
@@ -174,14 +195,16 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
         )
 
 
-def _config(args: argparse.Namespace) -> dict[str, str]:
-    """Every given setting, from its option or else its environment variable.
+def _config(args: argparse.Namespace, settings: tuple[_Setting, ...] = _SETTINGS) -> dict[str, str]:
+    """Every given setting of ``settings``, from its option or else its environment variable.
 
-    Raises :class:`UsageError` naming each missing required option and its variable.
+    Raises :class:`UsageError` naming each missing required option and its
+    variable, or what is wrong with the collector URL or the headers
+    (never their secret parts). Variables of other settings are not read.
     """
     values: dict[str, str] = {}
     missing: list[str] = []
-    for setting in _SETTINGS:
+    for setting in settings:
         value = getattr(args, setting.name) or os.environ.get(setting.env) or ""
         if value:
             values[setting.name] = value
@@ -189,14 +212,33 @@ def _config(args: argparse.Namespace) -> dict[str, str]:
             missing.append(f"{setting.flag} (or set {setting.env})")
     if missing:
         raise UsageError("missing configuration: " + ", ".join(missing))
-    values.setdefault("device_id", default_device_id())
-    values.setdefault("system_version", default_system_version())
     for name, value in values.items():
         try:
             value.encode("utf-8")
         except UnicodeEncodeError:
             raise UsageError(f"{name} is not valid Unicode") from None
     _check_url(values["collector_url"])
+    try:
+        _headers(values)
+    except json.JSONDecodeError as exc:  # its message has a position, never the text
+        raise UsageError(f"--headers (or HAMUSTRO_HEADERS) is not a JSON object ({exc})") from None
+    except (TypeError, ValueError) as exc:  # check_headers never shows a value
+        raise UsageError(str(exc)) from None
+    return values
+
+
+def _headers(config: dict[str, str]) -> dict[str, str] | None:
+    """The ``--headers`` JSON object, checked (:func:`check_headers`); None if not given."""
+    if "headers" not in config:
+        return None
+    return check_headers(json.loads(config["headers"]))
+
+
+def _tracker_config(args: argparse.Namespace) -> dict[str, str]:
+    """The whole tracker configuration (``send-test``): :func:`_config` and the schema's rules."""
+    values = _config(args)
+    values.setdefault("device_id", default_device_id())
+    values.setdefault("system_version", default_system_version())
     try:
         schema = check_schema(values.get("schema", "1"))
         if schema == 1:
@@ -211,21 +253,9 @@ def _config(args: argparse.Namespace) -> dict[str, str]:
             raise ValueError("schema 2 needs --env (or HAMUSTRO_ENV): a name such as beta, or 0-11")
         else:
             environment(values["env"])
-        check_headers(json.loads(values["headers"]) if "headers" in values else None)
-    except json.JSONDecodeError as exc:  # never the text: it may hold a token
-        raise UsageError(f"--headers (or HAMUSTRO_HEADERS) is not a JSON object ({exc})") from None
-    except (TypeError, ValueError) as exc:
+    except ValueError as exc:
         raise UsageError(str(exc)) from None
     return values
-
-
-def _tracker_fields(config: dict[str, str]) -> dict[str, Any]:
-    """The schema and its collection fields, as ``ClientTracker`` keywords."""
-    out: dict[str, Any] = {"schema": check_schema(config.get("schema", "1"))}
-    out.update((name, config[name]) for name in SCHEMA2_OPTIONS if name in config)
-    if "headers" in config:
-        out["headers"] = json.loads(config["headers"])
-    return out
 
 
 def _check_url(url: str) -> None:
@@ -364,12 +394,15 @@ def _read_queue(directory: Path) -> Iterator[QueueReader]:
 
 
 @contextlib.contextmanager
-def _open_queue(directory: Path) -> Iterator[Queue]:
-    """Open an existing queue folder to change it; a foreign folder is left untouched."""
+def _open_queue(directory: Path, notify: Callable[[str], None] | None = None) -> Iterator[Queue]:
+    """Open an existing queue folder to change it; a foreign folder is left untouched.
+
+    ``notify`` gets the queue's notices (a damaged row set aside...).
+    """
     _existing_queue(directory)
     _refuse_foreign(directory)
     try:
-        queue = Queue(directory)
+        queue = Queue(directory, notify=notify)
     except _QUEUE_ERRORS as exc:
         raise Failure(f"cannot open the queue in {directory}: {exc}") from None
     try:
@@ -759,50 +792,45 @@ class _Progress:
 
 
 def _cmd_flush(args: argparse.Namespace) -> int:
-    config = _config(args)
+    """Send the folder's events bound to this collector and key, each with its stored header.
+
+    A :class:`~hamustro_logging.delivery.Delivery` of its own over the folder's
+    queue, not a ``ClientTracker``: a tracker is an identity (a session, a
+    header registered in the folder), and flushing needs none.
+    """
+    config = _config(args, _FLUSH_SETTINGS)
     timeout = _timeout(config)
-    directory = _existing_queue(
-        _queue_dir(config.get("queue_dir"), config["client_id"], config["collector_url"])
-    )
-    _refuse_foreign(directory)
-    try:
-        tracker = ClientTracker(
-            config["collector_url"],
-            config["shared_secret_key"],
-            config["device_id"],
-            config["client_id"],
-            config["system_version"],
-            config["product_version"],
-            queue_dir=directory,
-            detect_ip=False,
-            timeout=timeout,
-            **_tracker_fields(config),
-        )
-    except _QUEUE_ERRORS as exc:
-        raise Failure(f"cannot open the queue in {directory}: {exc}") from None
-    except (TypeError, ValueError) as exc:
-        raise UsageError(str(exc)) from None
+    url, secret = config["collector_url"], config["shared_secret_key"]
+    directory = _queue_dir(config.get("queue_dir"), config.get("client_id"), url)
+    reporter = Reporter()
+    transport = Transport(url, secret, timeout=timeout, headers=_headers(config))
     sent = failed = 0
-    tracker.delivery.one_shot = True
-    with tracker:
-        pending = tracker.queue.pending_count()
-        show = sys.stderr.isatty() and pending > PROGRESS_MIN_EVENTS
-        progress = _Progress(sys.stderr, tracker.queue, pending) if show else None
-        with progress or contextlib.nullcontext():
-            while True:
-                # drain() sends batch after batch and stops at the first
-                # failure; try again only while a pass still delivers something.
-                result = tracker.delivery.drain(force=True)
-                sent += result.sent
-                failed += result.failed
-                if not (result.failed and result.sent and result.left):
-                    break
-        left = tracker.queue.pending_count()
+    try:
+        with _open_queue(directory, notify=reporter.once) as queue:
+            delivery = Delivery(
+                lambda: queue, transport, reporter, Stats(), destination=destination_id(url, secret)
+            )
+            delivery.one_shot = True
+            pending = queue.pending_count()
+            show = sys.stderr.isatty() and pending > PROGRESS_MIN_EVENTS
+            progress = _Progress(sys.stderr, queue, pending) if show else None
+            with progress or contextlib.nullcontext():
+                while True:
+                    # drain() sends batch after batch and stops at the first
+                    # failure; try again only while a pass still delivers something.
+                    result = delivery.drain(force=True)
+                    sent += result.sent
+                    failed += result.failed
+                    if not (result.failed and result.sent and result.left):
+                        break
+            left = queue.pending_count()
+    finally:
+        transport.close()
     print(f"sent {sent}, failed attempts {failed}, left {left}")
     if left and not failed:
         _error(
-            f"{_plural(left, 'event')} not sent: leased by another sender "
-            "or added while flushing; run flush again later"
+            f"{_plural(left, 'event')} not sent: leased by another sender, bound to another "
+            "collector or key (see `rebind`), or added while flushing; run flush again later"
         )
     return 0 if left == 0 else 1
 
@@ -858,7 +886,7 @@ def _test_header(config: dict[str, str], schema: int, env: int) -> tuple[str, by
 
 
 def _cmd_send_test(args: argparse.Namespace) -> int:
-    config = _config(args)
+    config = _tracker_config(args)
     timeout = _timeout(config)
     schema = check_schema(config.get("schema", "1"))
     # The probe of the other schema needs some env: any does, nothing is stored.
@@ -874,7 +902,7 @@ def _cmd_send_test(args: argparse.Namespace) -> int:
         raise UsageError(f"--event: {exc}") from None
     transport = Transport(
         config["collector_url"], config["shared_secret_key"], timeout=timeout,
-        headers=_tracker_fields(config).get("headers"),
+        headers=_headers(config),
     )  # fmt: skip
     url = _shown_url(transport.url)
     try:
@@ -894,7 +922,7 @@ def _cmd_send_test(args: argparse.Namespace) -> int:
             answer = transport.post(header + frame)
     finally:
         transport.close()
-    message = _redact(_explain_test(answer, url, timeout[1]), config["shared_secret_key"])
+    message = _explain_test(answer, url, timeout[1])
     if not answer.ok:
         _error(message)
         return 1
@@ -906,9 +934,26 @@ def _cmd_send_test(args: argparse.Namespace) -> int:
 # -- the parser and main -----------------------------------------------------------------
 
 
-def _redact(line: str, secret: str) -> str:
-    """Blank ``secret`` out of ``line`` (4+ characters, as the library's Reporter does)."""
-    return line.replace(secret, "***") if len(secret) >= 4 else line
+def _unrecognized(rest: list[str]) -> str:
+    """Arguments a command does not take, for its usage error: options by name, no values.
+
+    A value given to a command that does not take its option may be the
+    secret (``status --shared-secret-key KEY``), so none is repeated.
+
+    >>> _unrecognized(["--bogus"]), _unrecognized(["--shared-secret-key", "k", "--headers={}"])
+    ('--bogus', '--shared-secret-key --headers (and 1 value, not shown)')
+    """
+
+    def is_option(arg: str) -> bool:  # --name or -x: a value may start with "-" too
+        return arg.startswith("--") or (len(arg) == 2 and arg.startswith("-"))
+
+    options = [arg.split("=", 1)[0] for arg in rest if is_option(arg)]
+    values = len(rest) - len(options)
+    shown = " ".join(options)
+    if values:
+        count = _plural(values, "value")
+        shown += f" (and {count}, not shown)" if options else f"{count}, not shown"
+    return shown
 
 
 def _error(message: str) -> None:
@@ -945,10 +990,11 @@ def build_parser() -> argparse.ArgumentParser:
         "flush",
         "send everything pending now",
         "Send every pending event in the queue folder (of every session, each with its "
-        "own stored header). Prints 'sent N, failed attempts F, left L'; exits 0 if "
-        "nothing is left.",
+        "own stored header) that is bound to this collector and key: only the folder, the "
+        "collector URL and the secret are needed. Prints 'sent N, failed attempts F, "
+        "left L'; exits 0 if nothing is left.",
     )
-    _add_config_options(flush)
+    _add_config_options(flush, _FLUSH_SETTINGS)
 
     send_test = add(
         "send-test",
@@ -1053,7 +1099,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "collector":
             return _run_collector(rest)
         if rest:
-            parser.error(f"unrecognized arguments: {' '.join(rest)}")
+            parser.error(f"unrecognized arguments: {_unrecognized(rest)}")
         return _COMMANDS[args.command](args)
     except SystemExit as exc:  # argparse: --help, --version, usage errors
         return _exit_code(exc)

@@ -6,7 +6,13 @@ flusher that logs then deadlocks (a known bug in other SDKs). So problems go
 straight to ``sys.stderr``, as python-logstash-async's ``safe_log_via_print``
 does: one line when a streak of failures starts (or its cause changes), a
 reminder at most every ``remind_after`` seconds while it lasts, and one line
-when it ends. Any secret given to the reporter is blanked out of every line.
+when it ends.
+
+Lines are said as they are given: no message of the library ever holds the
+shared secret or a ``headers`` value (the code that makes them never puts
+one in, and a URL is shown without its ``user:password@``), so nothing is
+blanked out after the fact; a blanked-out secret that is an ordinary word
+would blank out the message's own words.
 
 Called from any thread. Lines are written after the reporter's lock is
 released: stderr may be routed into ``logging``, whose handlers take locks of
@@ -18,7 +24,6 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from collections.abc import Iterable
 from typing import TextIO
 
 __all__ = ["Reporter"]
@@ -31,19 +36,15 @@ class Reporter:
 
     >>> import io
     >>> out = io.StringIO()
-    >>> r = Reporter(secrets=["s3cret"], stream=out)
-    >>> r.problem("send", "405 for key s3cret"); r.problem("send", "405 for key s3cret")
+    >>> r = Reporter(stream=out)
+    >>> r.problem("send", "405: check the key"); r.problem("send", "405: check the key")
     >>> r.recovered("send", "delivered again")
     >>> print(out.getvalue(), end="")
-    hamustro-logging: 405 for key ***
+    hamustro-logging: 405: check the key
     hamustro-logging: delivered again (after 2 failures)
     """
 
-    def __init__(
-        self, secrets: Iterable[str] = (), stream: TextIO | None = None, remind_after: float = 600.0
-    ) -> None:
-        # Blank out secrets of 4+ characters (a shorter one would blank ordinary words).
-        self._secrets = [s for s in secrets if len(s) >= 4]
+    def __init__(self, stream: TextIO | None = None, remind_after: float = 600.0) -> None:
         self._stream = stream
         self.remind_after = remind_after
         self._lock = threading.Lock()
@@ -56,8 +57,6 @@ class Reporter:
         self._lock = threading.Lock()
 
     def _say(self, line: str) -> None:
-        for secret in self._secrets:
-            line = line.replace(secret, "***")
         stream = self._stream or sys.stderr
         try:
             stream.write(PREFIX + line.replace("\n", " ") + "\n")

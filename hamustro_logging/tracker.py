@@ -431,8 +431,7 @@ class ClientTracker:
         self._secret = secret
         self._ip = _IpFinder(url) if detect_ip else None
         self.stats_counters = Stats()
-        # The extra headers' values are kept like the secret (a proxy's token, say).
-        self.reporter = Reporter(secrets=[secret, *extra_headers.values()])
+        self.reporter = Reporter()
         self._open(lazy=open_lazily)
 
     def _open(self, lazy: bool = False, defer: bool = False) -> None:

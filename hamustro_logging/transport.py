@@ -33,12 +33,13 @@ import requests
 from requests.structures import CaseInsensitiveDict
 from urllib3 import Timeout
 
+from ._version import __version__
 from .wire import signature
 
 __all__ = ["Answer", "Transport", "check_headers", "track_url"]
 
 TRACK_PATH = "/api/v1/track"
-USER_AGENT = "hamustro-logging/0.1.0"
+USER_AGENT = f"hamustro-logging/{__version__}"
 
 #: Errors meaning the collector was never reached (``retry.explain`` then asks
 #: whether it runs at that URL; after any other error it was reached).
@@ -92,7 +93,15 @@ def check_headers(headers: object) -> dict[str, str]:
     out: dict[str, str] = {}
     for name, value in headers.items():
         if not isinstance(name, str) or not _TOKEN.fullmatch(name):
-            shown = repr(name)[:64] if isinstance(name, str) else type(name).__name__
+            # Only what comes before the first character a name cannot have: a
+            # whole header line given as a name ("Authorization: Bearer ...")
+            # holds its value after that.
+            start = _TOKEN.match(name) if isinstance(name, str) else None
+            shown = (
+                f"{(start.group() if start else '')[:64]!r}... (the rest not shown)"
+                if isinstance(name, str)
+                else type(name).__name__
+            )
             raise ValueError(f"headers: {shown} is not a valid HTTP header name")
         lowered = name.lower()
         if lowered in _OWN_HEADERS or lowered.startswith("x-hamustro-"):
@@ -106,7 +115,9 @@ def check_headers(headers: object) -> dict[str, str]:
             )
         try:
             value.encode("latin-1")
-            valid = value == value.strip(" \t") and all(c == "\t" or c >= " " for c in value)
+            # No whitespace at either end (requests refuses a leading one, a
+            # no-break space included, quoting the value in its error).
+            valid = value == value.strip() and all(c == "\t" or c >= " " for c in value)
         except UnicodeEncodeError:
             valid = False
         if not valid or "\x7f" in value:
@@ -287,9 +298,13 @@ class Transport:
         headers["X-Hamustro-Time"] = stamp
         headers["X-Hamustro-Signature"] = signature(stamp, body, self._secret)
         upload = _Upload(body, end)
-        request = requests.PreparedRequest()
-        request.prepare(method="POST", url=self.url, headers=headers, data=upload if body else b"")
         try:
+            # Inside the try: whatever prepare() refuses is an answer, never
+            # an exception quoting a header value or the URL.
+            request = requests.PreparedRequest()
+            request.prepare(
+                method="POST", url=self.url, headers=headers, data=upload if body else b""
+            )
             # The adapter, not Session.send: with allow_redirects=False the
             # session still reads a 3xx's body (resolve_redirects consumes it
             # "so it can be released"); the adapter reads no body at all.
@@ -308,8 +323,10 @@ class Transport:
             )
         except requests.RequestException as exc:
             return _failure(exc, min(read, budget), min(connect, budget), upload.complete)
-        except Exception as exc:  # e.g. a CA bundle path that does not exist (OSError)
+        except OSError as exc:  # e.g. a CA bundle path that does not exist: say which
             return Answer(None, f"request failed ({type(exc).__name__}: {_short(exc)})", sent=False)
+        except Exception as exc:  # the type only: its text might quote a header value
+            return Answer(None, f"request failed ({type(exc).__name__})", sent=False)
         try:
             location = response.headers.get("Location")
             return Answer(

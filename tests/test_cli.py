@@ -72,6 +72,11 @@ def config_args(url: str, queue_dir: Path, secret: str = TEST_SECRET) -> list[st
     return args
 
 
+def flush_args(url: str, queue_dir: Path, secret: str = TEST_SECRET) -> list[str]:
+    """All that ``flush`` needs: the folder, the collector's URL and the secret."""
+    return ["--collector-url", url, "--shared-secret-key", secret, "--queue-dir", str(queue_dir)]
+
+
 def run_cli(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> Any:
     """``python -m hamustro_logging ARGS`` as a subprocess; the CompletedProcess."""
     return subprocess.run(
@@ -277,11 +282,8 @@ def test_flush_sends_every_session_with_its_own_header(
     queue_dir = tmp_path / "q"
     first = fill(collector, queue_dir, 7)
     second = fill(collector, queue_dir, 4, product_version="0.9.0")
-    # The flushing configuration names a third version: the events keep their own.
-    args = config_args(collector.url, queue_dir)
-    args[args.index("--product-version") + 1] = "9.9.9"
-
-    assert main(["flush", *args]) == 0
+    # Only the folder, the URL and the secret: the events keep their own headers.
+    assert main(["flush", *flush_args(collector.url, queue_dir)]) == 0
     assert capsys.readouterr().out == "sent 11, failed attempts 0, left 0\n"
     events = collector.wait_for(11)
     expected = [(first, nr) for nr in range(1, 8)] + [(second, nr) for nr in range(1, 5)]
@@ -297,7 +299,7 @@ def test_flush_to_a_dead_collector_exits_1_and_keeps_everything(
     queue_dir = tmp_path / "q"
     url = dead_url()
     fill(url, queue_dir, 3)
-    assert main(["flush", *config_args(url, queue_dir)]) == 1
+    assert main(["flush", *flush_args(url, queue_dir)]) == 1
     captured = capsys.readouterr()
     assert captured.out == "sent 0, failed attempts 1, left 3\n"
     assert "connection refused" in captured.err
@@ -305,8 +307,48 @@ def test_flush_to_a_dead_collector_exits_1_and_keeps_everything(
     assert queue_state(queue_dir)[0] == 3
     # Nothing stays leased: the collector, back at that URL, gets everything at once.
     with collector_at(url) as revived:
-        assert main(["flush", *config_args(url, queue_dir)]) == 0
+        assert main(["flush", *flush_args(url, queue_dir)]) == 0
         assert len(revived.wait_for(3)) == 3
+
+
+def test_flush_needs_only_the_folder_the_url_and_the_secret(
+    tmp_path: Path, collector: DevCollector
+) -> None:
+    queue_dir = tmp_path / "q"
+    first = fill(collector, queue_dir, 3)
+    second = fill(collector, queue_dir, 2, product_version="0.9.0")
+    old_key = "the-old-key"  # events bound to another key
+    fill(collector, queue_dir, 2, shared_secret_key=old_key)
+    # The application's other variables may be set, even ones flush could not use: ignored.
+    env = cli_env(
+        tmp_path,
+        HAMUSTRO_COLLECTOR_URL=collector.url,
+        HAMUSTRO_SHARED_SECRET_KEY=TEST_SECRET,
+        HAMUSTRO_QUEUE_DIR=str(queue_dir),
+        HAMUSTRO_SCHEMA="2",  # without the env schema 2 needs
+        HAMUSTRO_SYSTEM_LANGUAGE="not checked",
+    )
+
+    done = run_cli(tmp_path, "flush", env=env)
+    assert done.stdout == "sent 5, failed attempts 0, left 2\n"
+    assert done.returncode == 1  # the old key's events are left
+    assert "bound to another collector or key (see `rebind`)" in done.stderr
+    events = collector.wait_for(5)
+    assert numbers(events) == sorted([(first, n) for n in (1, 2, 3)] + [(second, 1), (second, 2)])
+    assert {e["session"]: e["product_version"] for e in events} == {first: "1.0.0", second: "0.9.0"}
+    assert queue_state(queue_dir)[0] == 2
+
+
+def test_flush_takes_no_collection_fields(tmp_path: Path) -> None:
+    shown = run_cli(tmp_path, "flush", "--help").stdout
+    for flag in ("--collector-url", "--shared-secret-key", "--queue-dir", "--client-id",
+                 "--timeout", "--headers"):  # fmt: skip
+        assert flag in shown
+    for flag in ("--product-version", "--device-id", "--system-version", "--schema", "--env"):
+        assert flag not in shown
+    done = run_cli(tmp_path, "flush", "--product-version", "1.0.0")
+    assert done.returncode == 2
+    assert "unrecognized arguments: --product-version (and 1 value, not shown)" in done.stderr
 
 
 def test_flush_without_the_secret_names_the_option_and_the_variable(
@@ -333,7 +375,7 @@ def test_flush_of_a_missing_folder_exits_2_and_creates_nothing(
     tmp_path: Path, collector: DevCollector, capsys: pytest.CaptureFixture[str]
 ) -> None:
     missing = tmp_path / "nowhere"
-    assert main(["flush", *config_args(collector.url, missing)]) == 2
+    assert main(["flush", *flush_args(collector.url, missing)]) == 2
     assert "no queue folder at" in capsys.readouterr().err
     assert not missing.exists()
 
@@ -355,7 +397,7 @@ def test_flush_draws_a_progress_bar_only_on_a_terminal(
     if terminal:
         monkeypatch.setattr(sys, "stderr", stderr)
 
-    assert main(["flush", *config_args(collector.url, queue_dir)]) == 0
+    assert main(["flush", *flush_args(collector.url, queue_dir)]) == 0
     assert capsys.readouterr().out == "sent 1200, failed attempts 0, left 0\n"
     assert len(collector.wait_for(1200)) == 1200
     if terminal:
@@ -541,7 +583,7 @@ def test_export_rejected_then_retry_rejected_moves_them_back(
     assert main(["retry-rejected", "--queue-dir", str(queue_dir)]) == 0
     assert capsys.readouterr().out == "moved 0 rejected events back to pending\n"
 
-    assert main(["flush", *config_args(collector.url, queue_dir)]) == 0
+    assert main(["flush", *flush_args(collector.url, queue_dir)]) == 0
     assert numbers(collector.wait_for(4)) == [(SESSION, nr) for nr in range(1, 5)]
 
 

@@ -321,7 +321,7 @@ def test_writers_refuse_a_foreign_folder_before_touching_it(tmp_path: Path, comm
     before = snapshot(folder)
     args = ["--queue-dir", str(folder)]
     if command == "flush":
-        args += ["--collector-url", dead_url(), "--client-id", "c", "--product-version", "1"]
+        args += ["--collector-url", dead_url()]
     done = run_cli(tmp_path, command, *args)
     assert done.returncode == 2
     assert "is not a hamustro-logging queue" in one_line(done.stderr)
@@ -442,9 +442,10 @@ def test_a_bad_collector_url_is_one_line_without_its_password(
 ) -> None:
     folder = tmp_path / "queue"
     fill(folder, 1)
+    # flush needs only the folder, the URL and the secret (from the environment)
+    identity = ["--client-id", "c", "--product-version", "1"] if command == "send-test" else []
     done = run_cli(
-        tmp_path, command, "--collector-url", url, "--client-id", "c",
-        "--product-version", "1", "--queue-dir", str(folder),
+        tmp_path, command, "--collector-url", url, *identity, "--queue-dir", str(folder),
     )  # fmt: skip
     assert done.returncode == 2
     line = one_line(done.stderr)
