@@ -3,7 +3,7 @@
 Every ``hamustro-logging ...`` command in a shell block of ``README.md`` or
 ``docs/`` must name a subcommand and options that the CLI's own ``--help``
 lists (run as a subprocess, as a reader would). No file a user reads links to a
-path outside the repository (``../shared/...`` is for building the project,
+path outside the repository (the build-time reference folder beside it is for building the project,
 not for users) or to a repository file that does not exist.
 """
 
