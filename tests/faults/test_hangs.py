@@ -361,3 +361,42 @@ def test_close_does_not_wait_out_an_emit_waiting_for_room(
     # seconds (until the spool thread gave up on the lock, or full_timeout).
     assert took < 2, f"close() took {took:.1f} s behind an emit waiting for room"
     assert not producer.is_alive()
+
+
+def test_opening_a_queue_whose_database_another_process_holds_is_bounded(
+    collector: DevCollector, secret: str, tmp_path: Path
+) -> None:
+    """diskcache writes its settings at every open: the handler must not wait out that lock."""
+    queue_dir = tmp_path / "q"
+    HamustroHandler(**options(collector.url, secret, queue_dir)).close()  # the folder exists
+    config = options(collector.url, secret, queue_dir, durable=True, durable_timeout=0.3)
+    with write_lock_held(queue_dir):
+        started = time.monotonic()
+        handler = HamustroHandler(**config)  # as under dictConfig, holding logging's lock
+        constructed = time.monotonic() - started
+        log = logging.getLogger("hangs.open-locked")
+        log.addHandler(handler)
+        log.propagate = False
+        log.setLevel(logging.INFO)
+        try:
+            started = time.monotonic()
+            log.info("e", extra={"event": "while_locked"})  # durable: opens the queue now
+            emitted = time.monotonic() - started
+            started = time.monotonic()
+            pid = os.fork()
+            if pid == 0:
+                os._exit(0)
+            forked = time.monotonic() - started
+            os.waitpid(pid, 0)
+        finally:
+            log.removeHandler(handler)
+    try:
+        assert handler.flush(timeout=10) is True  # the event waited in memory, then went out
+    finally:
+        handler.close()
+    assert [e["event"] for e in collector.wait_for(1)] == ["while_locked"]
+    # Bounds of about a second, against a lock held for the whole block (the
+    # old code waited the lock out: up to 60 s in diskcache's open).
+    assert constructed < 3, f"the constructor took {constructed:.1f} s"
+    assert emitted < 3, f"a durable emit took {emitted:.1f} s"
+    assert forked < 3, f"os.fork() took {forked:.1f} s"
