@@ -755,7 +755,9 @@ class Queue:
                             f"process for over {limit:g} s"
                         ) from None
                 _outside_gate(min(pause, max(0.0, deadline - time.monotonic())))
-                pause = min(pause * 2, 0.05)
+                # Short pauses: a lock another process holds for a moment (a
+                # sibling worker's transaction) is picked up soon after.
+                pause = min(pause * 2, 0.005)
             try:
                 yield
             except BaseException:
