@@ -68,12 +68,10 @@ import functools
 import json
 import logging
 import os
-import socket
 import sqlite3
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
@@ -82,6 +80,8 @@ import diskcache
 import diskcache.core
 
 from . import folder
+from .owners import lease_held, new_owner, token_owner
+from .salvage import readable_rows
 from .wire import UINT32_MAX, encode_payloads, iter_frames, md5hex
 
 __all__ = [
@@ -441,87 +441,6 @@ def _frame_count(value: bytes) -> int:
         return -1
 
 
-# -- lease owners -------------------------------------------------------------
-
-
-def _proc_stat(pid: int) -> tuple[str, str] | None:
-    """(state, start time) of a process from /proc; None where there is no /proc."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            fields = f.read().rsplit(b")", 1)[1].split()
-        return fields[0].decode(), fields[19].decode()
-    except (OSError, IndexError, UnicodeDecodeError):
-        return None
-
-
-def _host() -> str:
-    """This host, as lease owners name it: its name and PID namespace.
-
-    Containers may share a host name without sharing process ids; a pid is
-    only looked up where it means the same process.
-    """
-    try:
-        namespace = os.readlink("/proc/self/ns/pid").replace(":", "")
-    except OSError:
-        namespace = ""
-    return f"{socket.gethostname()}@{namespace}"
-
-
-def new_owner() -> str:
-    """A lease owner id: ``host:pid:start:nonce`` (unique to this object in this process).
-
-    The pid and its start time let another process of this host see that the
-    owner no longer runs and take its leases over at once.
-    """
-    pid = os.getpid()
-    stat = _proc_stat(pid)
-    start = stat[1] if stat else "0"
-    return f"{_host()}:{pid}:{start}:{uuid.uuid4().hex[:12]}"
-
-
-def _owner_gone(owner: str) -> bool:
-    """True if ``owner`` was a process of this host that no longer runs."""
-    try:
-        host, pid_text, start, _ = owner.rsplit(":", 3)
-        pid = int(pid_text)
-    except ValueError:
-        return False  # not an id new_owner() made: only its expiry frees it
-    if host != _host() or pid == os.getpid() or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except OSError:
-        pass  # alive, someone else's
-    stat = _proc_stat(pid)
-    if stat is None:
-        return False
-    state, now_start = stat
-    return state in ("Z", "X") or (start != "0" and now_start != start)  # a zombie, or pid reused
-
-
-def _token_owner(token: str) -> str:
-    return token.rsplit("/", 1)[0]
-
-
-def lease_held(value: object, now_ms: int, gone: dict[str, bool]) -> bool:
-    """Whether a lease row's value (``token|expiry_ms``) still holds its chunk.
-
-    Not when it expired, nor when its owner was a process of this host that
-    no longer runs. ``gone`` remembers owners looked at (one look per owner).
-    """
-    if not isinstance(value, str):
-        return False
-    token, _, expiry = value.rpartition("|")
-    if not expiry.isdigit() or int(expiry) <= now_ms:
-        return False
-    owner = _token_owner(token)
-    if owner not in gone:
-        gone[owner] = _owner_gone(owner)
-    return not gone[owner]
-
-
 @contextlib.contextmanager
 def _folder_lock(directory: str) -> Iterator[None]:
     """An exclusive lock on the folder across processes (for setting a database aside)."""
@@ -532,19 +451,6 @@ def _folder_lock(directory: str) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
-
-
-def _keep_row(rows: list[tuple[str, Any]], key: Any, raw: Any, mode: Any, value: Any) -> None:
-    """Keep a row read from a damaged database if it is one of ours (never a pickle)."""
-    if (
-        raw == 1
-        and mode == diskcache.core.MODE_RAW
-        and isinstance(key, str)
-        and key[:2] in KEY_PREFIXES
-        and not key.startswith("s/")  # counters: rebuilt from the rows
-        and isinstance(value, (bytes, str, int))
-    ):
-        rows.append((key, value))
 
 
 def summarize_sessions(
@@ -1340,7 +1246,7 @@ class Queue:
                     value = cache.get(key)
                 except QueueCorrupt:
                     value = None
-                if isinstance(value, str) and _token_owner(value.rpartition("|")[0]) == owner:
+                if isinstance(value, str) and token_owner(value.rpartition("|")[0]) == owner:
                     cache.delete(key)
                     freed += 1
         return freed
@@ -1552,52 +1458,9 @@ class Queue:
             f"{os.path.basename(aside)} and carried {carried} readable rows into a new one"
         )
 
-    @staticmethod
-    def _carry_one_by_one(con: sqlite3.Connection, last: int, rows: list[tuple[str, Any]]) -> int:
-        """Read rows after ``last`` by rowid, one lookup each, past the damage; the next start.
-
-        A damaged page stops a scan, but a lookup by rowid may still find
-        rows the scan would have reached. Gives up after 2,000 rowids in a
-        row without one.
-        """
-        misses, rowid = 0, last
-        while misses < 2000:
-            rowid += 1
-            try:
-                row = con.execute(
-                    "SELECT key, raw, mode, value FROM Cache WHERE rowid = ?", (rowid,)
-                ).fetchone()
-            except sqlite3.Error:
-                row = None
-            if row is None:
-                misses += 1
-                continue
-            misses = 0
-            _keep_row(rows, *row)
-        return rowid
-
     def _carry_rows(self, path: str) -> int:
         """Copy every readable row of ours from the database at ``path``; return how many."""
-        rows: list[tuple[str, Any]] = []
-        try:
-            con = sqlite3.connect(path, timeout=self.timeout)
-        except sqlite3.Error:
-            return 0
-        with contextlib.closing(con):
-            last = 0
-            for _ in range(1000):  # a bounded walk past damaged pages
-                try:
-                    cursor = con.execute(
-                        "SELECT rowid, key, raw, mode, value FROM Cache WHERE rowid > ? "
-                        "ORDER BY rowid",
-                        (last,),
-                    )
-                    for rowid, key, raw, mode, value in cursor:  # kept as they come
-                        last = rowid
-                        _keep_row(rows, key, raw, mode, value)
-                    break
-                except sqlite3.Error:  # a damaged page: read on, one row at a time
-                    last = self._carry_one_by_one(con, last, rows)
+        rows = readable_rows(path, KEY_PREFIXES, self.timeout)
         with self._transaction():
             for key, value in rows:
                 if key.startswith("n/"):
