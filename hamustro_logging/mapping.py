@@ -302,6 +302,8 @@ def _parameters_v2(params: object) -> bytes | None:
                 text = str(value)
             elif kind is bool:
                 text = "true" if value else "false"
+            elif isinstance(value, str):  # a str subclass (a StrEnum...): its text, as is
+                text = str.__str__(value)
             else:
                 try:
                     text = _to_json(value)

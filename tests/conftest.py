@@ -4,9 +4,17 @@ from __future__ import annotations
 
 import io
 import logging
+import os
+import tempfile
 from collections.abc import Iterator
 
-import pytest
+# Hypothesis writes a few files of its own (not only its example database)
+# into the working directory unless told where: a temporary folder instead.
+os.environ.setdefault(
+    "HYPOTHESIS_STORAGE_DIRECTORY", tempfile.mkdtemp(prefix="hamustro-hypothesis-")
+)
+
+import pytest  # (after the variable above, which hypothesis reads when it first writes)
 from hypothesis import settings
 
 from hamustro_logging.collector import DevCollector

@@ -4,6 +4,7 @@ development collector speaking schema 2 over real HTTP (issue 12)."""
 from __future__ import annotations
 
 import datetime
+import enum
 import io
 import json
 import logging
@@ -22,7 +23,7 @@ from hamustro_logging.collector import DevCollector
 from hamustro_logging.config import default_system_language
 from hamustro_logging.mapping import EventError, _LocalOffset, build_event_v2
 from hamustro_logging.transport import Transport
-from hamustro_logging.wire import session_id, session_id_v2, sha256hex
+from hamustro_logging.wire import encode_parameters, session_id, session_id_v2, sha256hex
 
 from .support import TEST_SECRET, tracker_config
 
@@ -197,6 +198,10 @@ def test_timezone_defaults_to_the_local_offset_at_the_event(
     assert (by_name["given"]["timezone"], by_name["given"]["country"]) == ("Europe/Budapest", "HU")
 
 
+@pytest.mark.skipif(
+    not os.path.exists("/usr/share/zoneinfo/Europe/Budapest"),
+    reason="no time zone database here (tzdata): TZ would silently mean UTC",
+)
 def test_local_offset_follows_the_zone_and_its_daylight_saving_change(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -632,3 +637,11 @@ def test_session_v2_matches_the_wire(tmp_path: Path) -> None:
     with ClientTracker(**v2("http://127.0.0.1:9", tmp_path / "q", env="DEVELOPMENT")) as t:
         assert t.session == session_id_v2(DEVICE, "client-1", "OS X 10.11", "1.0.0", 11)
         assert t.session == "939a35fdf3559db729bc198f2babddc5"
+
+
+def test_a_str_subclass_params_value_is_sent_as_its_text() -> None:
+    class Color(str, enum.Enum):
+        RED = "red"
+
+    event = build_event_v2("e", {"c": Color.RED, "s": "plain"}, at=0)
+    assert event.params == encode_parameters([(b"c", b"red"), (b"s", b"plain")])
