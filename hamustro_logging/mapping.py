@@ -363,15 +363,19 @@ def build_event_v2(
     # the common types first, no loops or temporary containers.
     user: bytes | None = None
     if user_id is not None:
-        if type(user_id) is str:
+        if type(user_id) is str and user_id:
             user = _utf8("user_id", user_id)
         elif isinstance(user_id, int) and not isinstance(user_id, bool):
             user = str(int(user_id)).encode("ascii")
-        elif isinstance(user_id, str):
+        elif isinstance(user_id, str) and user_id:
             user = _utf8("user_id", user_id)
+        elif isinstance(user_id, str):
+            raise EventError("user_id", "expected a non-empty str (None for no user), got ''")
         else:
             raise EventError("user_id", f"expected str (or int), got {_type_name(user_id)}")
     tenant = None if tenant_id is None else _text_field("tenant_id", tenant_id)
+    if tenant == b"":
+        raise EventError("tenant_id", "expected a non-empty str (None for no tenant), got ''")
     ip_bytes = None if ip is None else _ip_bytes(ip)
     country_bytes = None if country is None else _text_field("country", country)
     params_bytes = _parameters_v2(params)

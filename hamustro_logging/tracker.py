@@ -584,6 +584,11 @@ class ClientTracker:
             for name in SCHEMA1_ONLY_FIELDS:
                 if name in fields:
                     raise EventError(name, "does not exist in schema 2; remove it")
+            if len(args) > 1:  # schema 1's track_event(event, user_id, params, ...)
+                raise TypeError(
+                    "with schema 2, track_event takes (event, params=None) positionally and "
+                    "user_id, tenant_id, ip, timezone, country as keywords"
+                )
             record = self._event_v2(event, *args, **fields)
         self.refresh_ip()  # this synchronous API may wait; the handler's emit never does
         done = self.store([record])

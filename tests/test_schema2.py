@@ -645,3 +645,18 @@ def test_a_str_subclass_params_value_is_sent_as_its_text() -> None:
 
     event = build_event_v2("e", {"c": Color.RED, "s": "plain"}, at=0)
     assert event.params == encode_parameters([(b"c", b"red"), (b"s", b"plain")])
+
+
+def test_an_empty_user_or_tenant_is_refused_and_a_schema_1_call_is_told_the_schema_2_form(
+    tmp_path: Path, collector: DevCollector
+) -> None:
+    with pytest.raises(EventError, match="field 'user_id': expected a non-empty str"):
+        build_event_v2("e", user_id="", at=0)
+    with pytest.raises(EventError, match="field 'tenant_id': expected a non-empty str"):
+        build_event_v2("e", tenant_id="", at=0)
+    config = tracker_config(collector, tmp_path, schema=2, env="beta")
+    with (
+        ClientTracker(**config) as t,
+        pytest.raises(TypeError, match=r"takes \(event, params=None\) positionally"),
+    ):
+        t.track_event("e", 7, {"plan": "pro"})
