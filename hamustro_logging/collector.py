@@ -186,6 +186,31 @@ def _header_ip(headers: Any) -> str:
     return ""
 
 
+class _Stamps:
+    """What every payload of one request gets the same way: its UTC time and a missing ip.
+
+    The time string is computed once per second, the header ip once per request.
+    """
+
+    def __init__(self, headers: Any) -> None:
+        self._headers = headers
+        self._utc: dict[int, str | None] = {}
+        self._ip: str | None = None
+
+    def utc(self, at: int) -> str | None:
+        if at not in self._utc:
+            self._utc[at] = _utc(at)
+        return self._utc[at]
+
+    def ip(self, ip: str | bytes) -> str | bytes:
+        """The payload's own ip, else the first public one of the request's headers."""
+        if ip:
+            return ip
+        if self._ip is None:
+            self._ip = _header_ip(self._headers)
+        return self._ip
+
+
 class DevCollector:
     """A Hamustro collector on loopback, for development and tests.
 
@@ -513,24 +538,15 @@ class DevCollector:
         # that prefix plus the payload's own fields.
         prefix = _encode_json(base)[:-1] + ","
         keep = self._keep_events
-        fill_ip: str | None = None
-        utc_cache: dict[int, str | None] = {}
+        stamps = _Stamps(headers)
         events = []
         lines = []
         for payload in payloads:
-            at = payload.at
-            at_utc = utc_cache.get(at, "")
-            if at_utc == "":
-                at_utc = utc_cache[at] = _utc(at)
-            ip = payload.ip
-            if not ip:
-                if fill_ip is None:
-                    fill_ip = _header_ip(headers)
-                ip = fill_ip
+            at, ip = payload.at, stamps.ip(payload.ip)
             has = payload.HasField
             part = {
                 "at": at,
-                "at_utc": at_utc,
+                "at_utc": stamps.utc(at),
                 "event": _text(payload.event),
                 "nr": payload.nr,
                 "user_id": payload.user_id if has("user_id") else None,
@@ -605,8 +621,7 @@ class DevCollector:
             base[name] = _text(getattr(collection, name)) if has(name) else None
         prefix = _encode_json(base)[:-1] + ","
         keep = self._keep_events
-        fill_ip: str | None = None
-        utc_cache: dict[int, str | None] = {}
+        stamps = _Stamps(headers)
         events = []
         lines = []
         crash = False
@@ -617,19 +632,11 @@ class DevCollector:
             ):
                 crash = True  # a protobuf body never gets here: refused as not initialized
                 break
-            at = payload.at
-            at_utc = utc_cache.get(at, "")
-            if at_utc == "":
-                at_utc = utc_cache[at] = _utc(at)
-            ip = payload.ip
-            if not ip:
-                if fill_ip is None:
-                    fill_ip = _header_ip(headers)
-                ip = fill_ip
+            at, ip = payload.at, stamps.ip(payload.ip)
             has = payload.HasField
             part = {
                 "at": at,
-                "at_utc": at_utc,
+                "at_utc": stamps.utc(at),
                 "event": _text(payload.event),
                 "nr": payload.nr,
                 "timezone": _text(payload.timezone) if has("timezone") else None,
