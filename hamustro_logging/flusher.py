@@ -1,29 +1,32 @@
-"""The handler's background work: write buffered events to disk, and send them.
+"""The handler's background work: move the journal into the store, and send.
 
-Two daemon threads per handler, no module-level state:
+``put`` (called by ``emit``) appends the encoded event to the handler's
+journal segment (:mod:`hamustro_logging.journal`): when it returns, the
+event is in a file that outlives the process. Then, with ``sender="thread"``
+(the default), two daemon threads per handler, no module-level state:
 
-* the **spool** thread moves events from the in-memory buffer to the queue
-  folder. It wakes on the first event put into an empty buffer and writes
-  everything buffered by then, a chunk (``max_batch_events``) per
-  transaction, so under load events are group-committed and when idle each
-  is written within milliseconds. This is the durability window: events not
-  yet on disk are the buffer (at most ``max_buffer``) plus the chunk being
-  written (at most ``max_batch_events``).
+* the **spool** thread moves the journal into the store
+  (:mod:`hamustro_logging.spool`), a chunk (``max_batch_events``) per
+  transaction: it wakes on the first event written after it went idle, and
+  every ``_SCAN`` seconds it also adopts segments whose writer is gone (a
+  process that was killed, or ended without closing its handler) and moves
+  the segments of live writers that leave it to others (forked children,
+  ``sender="agent"`` apps);
 * the **send** thread delivers: it wakes when the spool stored events, on
   ``flush()``, on the spec's retention timer and when a backoff ends, and
   sends while a trigger holds (``ClientTracker.is_due``).
 
-When the buffer is full, ``put`` (called by ``emit``) waits for the spool
-thread to take a chunk (``on_full="wait"``, bounded by ``full_timeout``), so
-a producer faster than the disk is slowed to the disk's pace instead of
-losing events. It never waits while the queue cannot be written (the spool's
-last write failed), after a wait already timed out and the spool has taken
-nothing since, or on the handler's own threads: those events are dropped,
-counted and reported with their cause.
+With ``sender="agent"`` (and in a forked child, which leaves its events to
+the process that built the handler) there is no thread at all: ``put`` only
+writes the journal, and ``hamustro-logging agent`` (or that process) moves
+and sends.
 
-The send thread may block on the collector (bounded by the request
-timeout); the spool thread never talks to the network, so a dead or slow
-collector never delays getting events onto disk.
+When more than ``max_buffer`` events wait in the journal, ``put`` waits for
+the spool to move some (``on_full="wait"``, bounded by ``full_timeout``), so
+a producer faster than the disk runs at the disk's pace; it never waits when
+the journal cannot be written (a full disk), after a wait already timed out
+and nothing moved since, or on the handler's own threads: those events are
+dropped, counted and reported with their cause.
 
 Neither thread logs through ``logging`` or takes a logging lock, so
 ``flush()`` and ``close()`` may wait for them while ``logging.shutdown()``
@@ -33,21 +36,21 @@ holds the handler's lock; every such wait has a deadline.
 from __future__ import annotations
 
 import bisect
-import contextlib
+import os
 import threading
 import time
-from collections import deque
-from collections.abc import Sequence
 
-import diskcache
+from .journal import JournalMeta, JournalWriter
+from .queue import Appended, sqlite_usable_after_fork
+from .spool import Moved, Spool
+from .tracker import ClientTracker
 
-from .queue import Appended
-from .tracker import ClientTracker, TrackedEvent
+__all__ = ["ON_FULL", "SENDERS", "Flusher"]
 
-__all__ = ["ON_FULL", "Flusher"]
-
-#: What ``put`` may do with an event when the buffer is full.
+#: What ``put`` may do with an event when the journal holds ``max_buffer``.
 ON_FULL = ("wait", "drop")
+#: Who moves and sends: the handler's own threads, or an agent process.
+SENDERS = ("thread", "agent")
 
 #: How long the send thread sleeps at most between looks at the queue: other
 #: processes sharing the folder add events it is not told about.
@@ -55,15 +58,16 @@ _MAX_IDLE = 30.0
 #: Look again this soon when events are due but were not all sent (other
 #: processes hold leases on them).
 _BUSY_POLL = 0.5
-#: Pause after the queue could not be written, before the spool tries again.
+#: How often the spool looks for segments of other writers (adoption).
+_SCAN = 1.0
+#: Pause after the store could not be written, before the spool tries again.
 _STORAGE_RETRY = 1.0
-#: The spool thread's wait for another process's write lock, per attempt: it
-#: holds the process's fork gate meanwhile, so it gives up soon and tries again.
+#: The spool's wait for another process's write lock, per attempt.
 _SPOOL_BUSY = 1.0
-#: Pause after another process held the write lock, before the spool tries again.
-_BUSY_RETRY = 0.05
 #: Of stop()'s time, what is kept to give back the leases of a request in flight.
 _GIVE_BACK_TIME = 0.25
+#: How often an app without threads looks at how far others moved its journal.
+_POLL = 0.05
 #: The nr ranges this handler stored and does not yet know delivered are kept
 #: for ``flush()``'s answer; past this many, neighbours are merged (the answer
 #: may then be False for another process's events in between, never wrongly True).
@@ -76,12 +80,11 @@ def _left(deadline: float | None) -> float | None:
 
 
 class Flusher:
-    """The spool and send threads of one handler.
+    """The journal, and the spool and send threads, of one handler.
 
-    ``put``, ``store_now`` and ``flush`` are called from the application's
-    threads; ``stop`` and ``write_buffer`` from ``close()`` and the exit
-    hooks. The buffer is a ``deque``: ``append`` and ``popleft`` are atomic,
-    so the fast path of ``put`` takes no lock.
+    ``put`` is called from the application's threads under the handler's
+    lock; ``flush`` from the application's threads; ``stop`` from
+    ``close()``; ``forget_after_fork`` in a forked child.
     """
 
     def __init__(
@@ -92,43 +95,54 @@ class Flusher:
         *,
         on_full: str = "wait",
         full_timeout: float = 5.0,
+        sender: str = "thread",
+        sync: bool = False,
     ) -> None:
         self.tracker = tracker
         self.max_buffer = max_buffer
         self.on_full = on_full
         self.full_timeout = full_timeout
         self.name = name
-        self.buffer: deque[TrackedEvent] = deque()
+        self.threads_run = sender == "thread"
+        self.writer = JournalWriter(tracker.queue_dir, self._meta(), sync=sync)
+        self.spool_step = Spool(
+            tracker.queue_dir, lambda: tracker.queue, tracker.reporter.once,
+            batch_events=tracker.max_batch_events, writer=self.writer,
+        )  # fmt: skip
         self._spool_wake = threading.Event()
         self._send_wake = threading.Event()
-        self._spool_lock = threading.Lock()  # one writer of the buffer to disk at a time
-        # Producers waiting for room; the spool notifies it after taking a chunk.
-        self._room = threading.Condition(threading.Lock())
-        self._taken = 0  # chunks the spool took from the buffer (progress, for the waiters)
-        self._stalled_at: int | None = None  # _taken when a wait for room last timed out
-        self._dropping = False  # a streak of dropped events is being reported
-        self._storage_error: str | None = None  # why the spool's last write failed
-        self._busy = False  # the spool's last write found another process's write lock
-        self._writing = 0  # events taken from the buffer and being written now
-        self._cond = threading.Condition()  # guards the flush counters below
+        self._spool_lock = threading.Lock()  # one spool pass at a time
+        self._room = threading.Condition(threading.Lock())  # producers waiting for room
+        self._moved_seen = 0  # writer.appended - waiting, when last looked
+        self._stalled_at: int | None = None  # writer.moved when a wait for room timed out
+        self._dropping = False
+        self._storage_error: str | None = None  # why the spool's last move failed
+        self._cond = threading.Condition()  # guards the tickets below
         self._spool_requested = 0
         self._spool_done = 0
-        self._spool_ok = True  # the spool thread's last pass wrote everything
+        self._spool_ok = True
         self._flush_requested = 0
         self._flush_done = 0
         self._flush_deadline: float | None = None
         self._stop_spool = False
-        self._stopping = False  # the send thread's stop flag
+        self._stopping = False
         self._final_send = True
         self._final_deadline: float | None = None
         self._threads: list[threading.Thread] = []
-        self._since_wake = 0  # events stored since the send thread was last woken
-        self._saw_empty = True  # the send thread last found nothing to send
-        self.closing = False  # close() is coming (see wake_waiting)
+        self._since_wake = 0
+        self._saw_empty = True
+        self._next_scan = 0.0
+        self._parent = os.getpid()
         self._ranges_lock = threading.Lock()
         self._ranges: list[tuple[int, int]] = []  # nr ranges stored by us, not known delivered
 
+    def _meta(self) -> JournalMeta:
+        t = self.tracker
+        return JournalMeta(t.session, t.header, t.destination, t.schema, self.threads_run)
+
     def start(self) -> None:
+        if not self.threads_run:
+            return
         self._threads = [
             threading.Thread(target=self._spool_loop, name=f"{self.name}-spool", daemon=True),
             threading.Thread(target=self._send_loop, name=f"{self.name}-send", daemon=True),
@@ -138,174 +152,118 @@ class Flusher:
 
     # -- called from the application's threads ---------------------------------
 
-    def put(self, event: TrackedEvent, wait: bool = True) -> None:
-        """Buffer one event for the spool thread (no I/O).
+    def put(self, body: bytes, wait: bool = True) -> None:
+        """Write one encoded event to the journal (under the handler's lock; no network I/O).
 
-        When the buffer is full, waits for room (at most ``full_timeout``)
-        if ``on_full`` is "wait" and the queue is being written; otherwise
-        drops the event, counts it and reports the cause.
+        When ``max_buffer`` events wait to be moved, waits for room (at most
+        ``full_timeout``) if ``on_full`` is "wait"; otherwise drops the event,
+        counts it and reports the cause. A journal that cannot be written
+        (no room on the disk for a new segment) drops it too.
         """
-        if len(self.buffer) < self.max_buffer:
-            self._append(event)
-        else:
-            self._full(event, wait)
-
-    def _append(self, event: TrackedEvent) -> None:
-        self.buffer.append(event)
+        writer = self.writer
+        if writer.appended - self._moved_seen >= self.max_buffer:
+            self._moved_seen = writer.appended - writer.waiting()
+            if writer.appended - self._moved_seen >= self.max_buffer and not self._room_for(wait):
+                return
+        try:
+            writer.append(body)
+        except OSError as exc:
+            self._drop("storage", f"cannot write the journal in {writer.directory}: {exc}")
+            return
         if self._dropping:
             self._dropping = False
-            self.tracker.reporter.recovered("buffer", "events are buffered again")
-        if not self._spool_wake.is_set():
-            self._spool_wake.set()
+            self.tracker.reporter.recovered("buffer", "events are written to the journal again")
+        if self.threads_run:
+            if not self._spool_wake.is_set():
+                self._spool_wake.set()
+        elif os.getppid() != self._parent and self._parent != os.getpid():
+            self._take_over()
 
-    def _full(self, event: TrackedEvent, wait: bool) -> None:
-        """The buffer is full: wait for the spool thread to take a chunk, or drop."""
-        buffer, tracker = self.buffer, self.tracker
+    def _room_for(self, wait: bool) -> bool:
+        """The journal holds ``max_buffer`` unmoved events: wait for the movers, or drop."""
         reason = self._no_wait_reason(wait)
         if reason is None:
-            taken = self._taken
+            moved = self.writer.moved
+            deadline = time.monotonic() + self.full_timeout
             with self._room:
-                self._room.wait_for(
-                    lambda: (
-                        len(buffer) < self.max_buffer
-                        or self._storage_error is not None
-                        or self._stop_spool
-                        or self.closing
-                    ),
-                    self.full_timeout,
-                )
-            if self.closing or (len(buffer) < self.max_buffer and self._storage_error is None):
-                # (closing: close() is waiting for this emit; it writes the buffer next)
-                self._append(event)
-                return
-            reason = self._no_wait_reason(wait)
-            if reason is None:  # the wait timed out with the queue writable
-                self._stalled_at = self._taken
-                reason = (
-                    "buffer_full",
-                    f"waited {self.full_timeout:g} s for room among {self.max_buffer} events "
-                    "buffered in memory: "
+                while not self._has_room():
+                    left = deadline - time.monotonic()
+                    if left <= 0 or self._stop_spool:
+                        break
+                    # (without threads of its own, the movers are other processes: poll)
+                    self._room.wait(left if self.threads_run else min(left, _POLL))
+            if self._has_room() or self._stop_spool:
+                return True  # (close() is coming: the event goes to the journal all the same)
+            self._stalled_at = self.writer.moved
+            reason = (
+                "buffer_full",
+                f"waited {self.full_timeout:g} s for room among {self.max_buffer} events "
+                "waiting in the journal: "
+                + (
+                    "nothing was moved into the store in that time ("
                     + (
-                        "the spool thread wrote nothing in that time ("
-                        + (
-                            "another process holds the queue database's write lock)"
-                            if self._busy
-                            else "is the disk stalled?)"
-                        )
-                        if self._taken == taken
-                        else "the application logs faster than the disk takes events"
-                    ),
-                )
-        kind, message = reason
-        tracker.stats_counters.drop(kind)
+                        f"the store cannot be written: {self._storage_error})"
+                        if self._storage_error
+                        else "is the disk stalled, or is no sender running?)"
+                    )
+                    if self.writer.moved == moved and self.threads_run
+                    else "the application logs faster than the store takes events"
+                ),
+            )
+        self._drop(*reason)
+        return False
+
+    def _has_room(self) -> bool:
+        writer = self.writer
+        self._moved_seen = writer.appended - writer.waiting()
+        return writer.appended - self._moved_seen < self.max_buffer
+
+    def _drop(self, kind: str, message: str) -> None:
+        self.tracker.stats_counters.drop(kind)
         self._dropping = True
-        tracker.reporter.problem("buffer", f"{message}; dropping new events")
+        self.tracker.reporter.problem("buffer", f"{message}; dropping new events")
 
     def _no_wait_reason(self, wait: bool) -> tuple[str, str] | None:
-        """Why an event that finds the buffer full must be dropped now: (reason, cause), or None."""
-        if self._storage_error is not None:
-            return "storage", (
-                f"the queue in {self.tracker.queue_dir} cannot be written "
-                f"({self._storage_error}) and {self.max_buffer} events wait in memory"
-            )
+        """Why an event that finds the journal full must be dropped now: (reason, cause)."""
         if self.on_full == "drop":
             return "buffer_full", (
-                f"{self.max_buffer} events wait in memory for the disk (on_full='drop')"
+                f"{self.max_buffer} events wait in the journal to be moved (on_full='drop')"
             )
         if not wait or self.full_timeout <= 0:
-            return "buffer_full", f"{self.max_buffer} events wait in memory for the disk"
-        current = threading.current_thread()
-        if current in self._threads:
+            return "buffer_full", f"{self.max_buffer} events wait in the journal to be moved"
+        if threading.current_thread() in self._threads:
             return "buffer_full", (
-                f"{self.max_buffer} events wait in memory and this one was logged on the "
+                f"{self.max_buffer} events wait in the journal and this one was logged on the "
                 "handler's own thread, which never waits"
             )
-        if self._stop_spool or not self._threads or not self._threads[0].is_alive():
-            return "buffer_full", (
-                f"{self.max_buffer} events wait in memory and the spool thread is not running"
-            )
         if self._stalled_at is not None:
-            if self._stalled_at == self._taken:
+            if self._stalled_at == self.writer.moved:
                 return "buffer_full", (
-                    f"the spool thread took nothing from the {self.max_buffer} events in memory "
-                    f"since a wait of {self.full_timeout:g} s for room timed out (is another "
-                    "process holding the queue database's write lock, or is the disk stalled?)"
+                    f"nothing was moved from the {self.max_buffer} events waiting in the journal "
+                    f"since a wait of {self.full_timeout:g} s for room timed out"
                 )
             self._stalled_at = None
         return None
 
-    def store_now(self, event: TrackedEvent, timeout: float | None) -> None:
-        """Durable mode: write one event on the caller's thread (and wake the sender if due).
-
-        Waits at most ``timeout`` seconds for another process's write lock
-        (None: the queue's default). Raises what the store raised: the
-        caller keeps the event some other way.
-        """
-        self._note(self._store([event], timeout))
-
-    def _store(self, events: Sequence[TrackedEvent], busy_timeout: float | None) -> Appended:
-        return self.tracker.store(events, busy_timeout=busy_timeout)
-
-    def _note(self, done: Appended) -> None:
-        """Remember the numbers this handler stored (for ``flush()``), and wake the sender."""
-        if done.stored:
-            first, last = done.first_nr, done.last_nr
-            with self._ranges_lock:
-                ranges = self._ranges
-                if ranges and ranges[-1][1] + 1 == first:
-                    ranges[-1] = (ranges[-1][0], last)
-                else:
-                    ranges.append((first, last))
-                if len(ranges) > _MAX_RANGES:
-                    # Merge neighbours: covers more numbers, never fewer.
-                    self._ranges = [
-                        (ranges[i][0], ranges[min(i + 1, len(ranges) - 1)][1])
-                        for i in range(0, len(ranges), 2)
-                    ]
-        self._stored(done.stored)
-
-    def _stored(self, count: int) -> None:
-        """Wake the send thread when what this process stored may have made a send due.
-
-        Not after every write: each wake costs the send thread a look at the
-        database, which would triple the cost of a durable ``emit``. It is
-        woken when the events stored since its last wake reach
-        ``queue_size``, or when it last saw an empty queue (so it starts the
-        retention timer). Events stored by other processes are found by its
-        own timer (at most ``_MAX_IDLE`` seconds).
-        """
-        self._since_wake += count
-        if self._since_wake >= self.tracker.queue_size or self._saw_empty:
-            self._since_wake = 0
-            self._saw_empty = False
-            self._send_wake.set()
-
-    def write_buffer(self, deadline: float | None) -> bool:
-        """Have everything buffered so far written to disk by ``deadline`` (monotonic).
-
-        The spool thread writes it; this only waits. Without a spool thread
-        (stopped, or never started) it writes here, bounded by ``deadline``.
-        True if it was all written.
-        """
-        spool = self._threads[0] if self._threads else None
-        if spool is None or not spool.is_alive() or self._stop_spool:
-            return self.spool(deadline)
-        with self._cond:
-            self._spool_requested += 1
-            ticket = self._spool_requested
-        self._spool_wake.set()
-        with self._cond:
-            done = self._cond.wait_for(lambda: self._spool_done >= ticket, _left(deadline))
-            return done and self._spool_ok
+    def _take_over(self) -> None:
+        """A forked child whose parent ended: nobody else moves its journal now; do it here."""
+        self._parent = os.getpid()
+        if not sqlite_usable_after_fork():
+            return  # never SQLite here: an agent or the next start moves it
+        self.writer.leave_to_writer()
+        self.threads_run = True
+        self.start()
 
     def flush(self, timeout: float | None) -> bool:
-        """Write the buffer to disk, then have the send thread send everything.
+        """Move the journal into the store, then have everything sent.
 
-        Returns True if every event this handler stored before the call is
+        Returns True if every event this handler wrote before the call was
         delivered (other processes sharing the folder may still have events
         pending: they are theirs to send).
         """
         deadline = None if timeout is None else time.monotonic() + timeout
+        if not self.threads_run:
+            return self._flush_by_others(deadline)
         written = self.write_buffer(deadline)
         with self._cond:
             self._flush_requested += 1
@@ -317,8 +275,69 @@ class Flusher:
             return False
         try:
             return self._all_mine_delivered()
-        except Exception:  # the queue is unusable right now; the spool reports why
+        except Exception:  # the store is unusable right now; the spool reports why
             return False
+
+    def _flush_by_others(self, deadline: float | None) -> bool:
+        """No threads here: wait until the agent (or parent) moved this journal and sent it all."""
+        while self.writer.waiting() > 0:
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            time.sleep(_POLL)
+        if not sqlite_usable_after_fork():
+            return False  # the store cannot be read from this process: delivery unknown
+        while True:
+            try:
+                if self.tracker.queue.pending_count() == 0:
+                    return True
+            except Exception:
+                return False
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            time.sleep(_POLL)
+
+    def write_buffer(self, deadline: float | None) -> bool:
+        """Have everything in this handler's journal moved into the store by ``deadline``."""
+        spool = self._threads[0] if self._threads else None
+        if spool is None or not spool.is_alive() or self._stop_spool:
+            return self.spool(deadline)
+        with self._cond:
+            self._spool_requested += 1
+            ticket = self._spool_requested
+        self._spool_wake.set()
+        with self._cond:
+            done = self._cond.wait_for(lambda: self._spool_done >= ticket, _left(deadline))
+            return done and self._spool_ok
+
+    def _note(self, done: Appended) -> None:
+        """Remember the numbers this handler stored (for ``flush()``)."""
+        first, last = done.first_nr, done.last_nr
+        with self._ranges_lock:
+            ranges = self._ranges
+            if ranges and ranges[-1][1] + 1 == first:
+                ranges[-1] = (ranges[-1][0], last)
+            else:
+                ranges.append((first, last))
+            if len(ranges) > _MAX_RANGES:
+                # Merge neighbours: covers more numbers, never fewer.
+                self._ranges = [
+                    (ranges[i][0], ranges[min(i + 1, len(ranges) - 1)][1])
+                    for i in range(0, len(ranges), 2)
+                ]
+
+    def _stored(self, count: int) -> None:
+        """Wake the send thread when what was moved in may have made a send due.
+
+        Not after every move: each wake costs the send thread a look at the
+        database. It is woken when the events stored since its last wake
+        reach ``queue_size``, or when it last saw an empty queue (so it
+        starts the retention timer).
+        """
+        self._since_wake += count
+        if self._since_wake >= self.tracker.queue_size or self._saw_empty:
+            self._since_wake = 0
+            self._saw_empty = False
+            self._send_wake.set()
 
     def _all_mine_delivered(self) -> bool:
         """True if no nr this handler stored is still unsent; forgets those delivered."""
@@ -339,12 +358,8 @@ class Flusher:
         return len(delivered) == len(mine)
 
     def wake_waiting(self) -> None:
-        """close() is coming: an emit waiting for room stops waiting and keeps its event.
-
-        The emit holds the handler's lock, which close() must take; without
-        this, close() would first wait out ``full_timeout``.
-        """
-        self.closing = True
+        """close() is coming: an emit waiting for room stops waiting."""
+        self._stop_spool = True
         with self._room:
             self._room.notify_all()
 
@@ -354,15 +369,15 @@ class Flusher:
         Returns True if both threads ended in time; never waits past
         ``timeout``. A send thread still in a request then gives its leases
         back at once (the batch is sent again later). What is not sent stays
-        on disk for the next start.
+        in the folder (store or journal) for the next start, or another
+        process of the folder.
         """
         deadline = time.monotonic() + timeout
         spool, send = self._threads or (None, None)
-        # The spool first, so the final send sees every event emitted before close().
         self._stop_spool = True
         self._spool_wake.set()
         with self._room:
-            self._room.notify_all()  # a producer waiting for room stops waiting
+            self._room.notify_all()
         if spool is not None:
             spool.join(max(0.0, deadline - time.monotonic()))
         with self._cond:
@@ -374,15 +389,17 @@ class Flusher:
             send.join(max(0.0, deadline - _GIVE_BACK_TIME - time.monotonic()))
             if send.is_alive():
                 self._give_back(deadline)
-        return not any(thread.is_alive() for thread in self._threads)
+        finished = not any(thread.is_alive() for thread in self._threads)
+        if spool is None or not spool.is_alive():
+            self.spool_step.close()
+            # Let go of the journal: what was not moved is adopted by the next
+            # mover. Later emits (after close) write segments left to others.
+            self.writer.close()
+            self.writer.leave_to_others()
+        return finished
 
     def _give_back(self, deadline: float) -> None:
-        """The send thread is still in a request: release its leases, within ``deadline``.
-
-        On a thread of its own, waited for until ``deadline`` at most: it
-        needs the database, which another process may hold. If it does not
-        finish, the leases expire by themselves.
-        """
+        """The send thread is still in a request: release its leases, within ``deadline``."""
         give_back = self.tracker.delivery.give_back
         reporter = self.tracker.reporter
 
@@ -396,89 +413,91 @@ class Flusher:
         thread.start()
         thread.join(max(0.0, deadline - time.monotonic()))
 
-    def unwritten(self) -> int:
-        """Events in memory, not on disk: the buffer and the chunk being written."""
-        return len(self.buffer) + self._writing
+    def forget_after_fork(self) -> None:
+        """In a forked child: let go of the parent's journal; the parent moves this one's.
 
-    def why_unwritten(self) -> str:
-        """Why events are still in memory after a deadline: for the report."""
-        if self._storage_error is not None:
-            return f"the queue cannot be written: {self._storage_error}"
-        spool = self._threads[0] if self._threads else None
-        if spool is not None and spool.is_alive():
-            return (
-                "the spool thread is still writing: another process may hold the queue "
-                "database's write lock, or the disk is stalled"
-            )
-        return "the spool thread had stopped"
+        The child starts no thread: the process that built the handler moves
+        and sends its events, unless it ends first (see ``put``).
+        """
+        self.writer.forget()
+        self.writer.leave_to_others()
+        self._threads = []
+        self.threads_run = False
+        self._parent = os.getppid()
 
     # -- the spool thread ------------------------------------------------------
 
     def spool(self, deadline: float | None = None) -> bool:
-        """Write everything buffered to disk; False if not all of it could be written.
+        """Move this handler's journal (and, when due, others') into the store.
 
-        ``deadline`` (monotonic) bounds the wait for the spool lock and for
-        another process's write lock (when the tracker supports it).
+        False if not all of it could be moved (the reason is reported).
         """
-        buffer = self.buffer
         lock_wait = _left(deadline)
         if not self._spool_lock.acquire(timeout=-1 if lock_wait is None else lock_wait):
             return False
         try:
-            while buffer:
-                busy_timeout = _SPOOL_BUSY
-                if deadline is not None:
-                    busy_timeout = min(busy_timeout, deadline - time.monotonic())
-                    if busy_timeout <= 0:
-                        return False
-                # One chunk per write: short transactions leave the database to
-                # the send thread between them.
-                take = min(len(buffer), self.tracker.max_batch_events)
-                items = [buffer.popleft() for _ in range(take)]
-                self._writing = take
-                with self._room:  # room for producers while this chunk is written
-                    self._taken += 1
+            busy = _SPOOL_BUSY if deadline is None else min(_SPOOL_BUSY, _left(deadline) or 0.0)
+            try:
+                moved = self.spool_step.move_mine(busy)
+                if time.monotonic() >= self._next_scan:
+                    self._next_scan = time.monotonic() + _SCAN
+                    others = self.spool_step.move_others(busy)
+                    moved.events += others.events
+            except Exception as exc:
+                self._storage_error = f"{type(exc).__name__}: {exc}"
+                self.tracker.storage_problem = self._storage_error
+                self.tracker.reporter.problem(
+                    "store", f"cannot move the journal into the store in "
+                    f"{self.tracker.queue_dir}: {exc!r}; events wait in the journal",
+                )  # fmt: skip
+                with self._room:
                     self._room.notify_all()
-                try:
-                    try:
-                        done = self._store(items, busy_timeout)
-                    finally:
-                        self._writing = 0
-                except diskcache.Timeout:  # queue.QueueBusy is one: not a storage fault
-                    buffer.extendleft(reversed(items))  # keep them, in order, for the next try
-                    self._busy = True
-                    self.tracker.reporter.problem(
-                        "store",
-                        f"another process holds the write lock of the queue database in "
-                        f"{self.tracker.queue_dir}; events wait in memory",
-                    )
-                    return False
-                except Exception as exc:
-                    buffer.extendleft(reversed(items))
-                    self._storage_error = repr(exc)
-                    with self._room:
-                        self._room.notify_all()  # waiting producers: drop, do not wait
-                    self.tracker.reporter.problem(
-                        "store", f"cannot write the queue in {self.tracker.queue_dir}: {exc!r}"
-                    )
-                    return False
-                if self._storage_error is not None or self._busy:
-                    self._storage_error, self._busy = None, False
-                    self.tracker.reporter.recovered("store", "the queue is writable again")
-                self._note(done)
+                return False
+            self._account(moved)
+            if self._storage_error is not None:
+                self._storage_error = None
+                self.tracker.storage_problem = None
+                self.tracker.reporter.recovered("store", "the store is writable again")
+            return self.writer.waiting() == 0
         finally:
             self._spool_lock.release()
-        return True
+
+    def _account(self, moved: Moved) -> None:
+        stored = dropped = 0
+        for done in moved.mine:
+            stored += done.stored
+            dropped += done.dropped
+            if done.stored:
+                self._note(done)
+        counters = self.tracker.stats_counters
+        counters.add("queued", stored)
+        if dropped:
+            counters.drop("queue_full", dropped)
+            self.tracker.reporter.problem(
+                "queue_full",
+                f"the queue in {self.tracker.queue_dir} is full; new events are dropped "
+                "until it drains",
+            )
+        elif stored:
+            self.tracker.reporter.recovered("queue_full", "the queue has room again")
+        if moved.events:
+            with self._room:
+                self._room.notify_all()
+            self._stored(moved.events)
 
     def _spool_loop(self) -> None:
         tracker = self.tracker
-        # Open the queue now, not on the first event (a forked child may soon
-        # exit); if it cannot be opened, the first write says why and retries.
-        with contextlib.suppress(Exception):
+        # Open the store now (it also reads the stored user): never on the
+        # application's thread, where a damaged or locked database would wait.
+        try:
             _ = tracker.queue
-        tracker.refresh_ip()  # before the first write: events get the address
+        except Exception as exc:
+            tracker.reporter.problem(
+                "store", f"cannot open the queue in {tracker.queue_dir}: {exc!r}"
+            )
+        tracker.refresh_ip()
         while True:
-            self._spool_wake.wait()
+            self._spool_wake.wait(_SCAN)
             self._spool_wake.clear()
             with self._cond:
                 ticket = self._spool_requested
@@ -489,8 +508,8 @@ class Flusher:
                 self._cond.notify_all()
             if self._stop_spool:
                 return
-            if not stored:  # a flush() or stop() cuts the pause short
-                self._spool_wake.wait(_BUSY_RETRY if self._busy else _STORAGE_RETRY)
+            if not stored and self._storage_error is not None:
+                self._spool_wake.wait(_STORAGE_RETRY)  # a flush() or stop() cuts it short
                 self._spool_wake.set()
 
     # -- the send thread -------------------------------------------------------

@@ -1,27 +1,26 @@
 """``HamustroHandler``: a ``logging.Handler`` that turns event records into tracked events.
 
-``emit`` only filters, maps and hands over (no network I/O, and no disk I/O
-unless ``durable=True``); the handler's :class:`~hamustro_logging.flusher.Flusher`
-threads write and send. Records without an ``event`` attribute are ignored,
-so the handler can sit on the root logger of an existing application.
+``emit`` only filters, maps, encodes and appends the event to the handler's
+journal (a memory-mapped file in the queue folder: no network I/O, no system
+call); the handler's :class:`~hamustro_logging.flusher.Flusher` threads (or
+``hamustro-logging agent``) move it into the store and send it. Records
+without an ``event`` attribute are ignored, so the handler can sit on the
+root logger of an existing application.
 """
 
 from __future__ import annotations
 
 import logging
-import multiprocessing.util
 import os
 import sys
-import time
 import weakref
 from typing import Any
 
-import diskcache
-
 from .config import Spec, check_schema, resolve
-from .flusher import ON_FULL, Flusher
+from .flusher import ON_FULL, SENDERS, Flusher
 from .mapping import EventError, describe, map_record, map_record_v2
 from .tracker import TRACKER_OPTIONS, ClientTracker, TrackedEvent, only_in
+from .wire import Event, journal_body, journal_body_v2
 
 __all__ = ["HANDLER_OPTIONS", "HamustroHandler"]
 
@@ -33,9 +32,10 @@ HANDLER_OPTIONS: dict[str, Spec] = {
     "user_id": (str, None),  # schema 2 only
     "durable": ("bool", False),
     "close_timeout": (float, 5.0),
-    # The crash window: events in memory not yet on disk. A writer that keeps
-    # up with the disk never needs more; a faster one waits (on_full).
-    "max_buffer": (int, 2_000),
+    # Events in the journal not yet moved into the store: a writer that keeps
+    # up with the store never needs more; a faster one waits (on_full).
+    "max_buffer": (int, 100_000),
+    "sender": (str, "thread"),
     "on_full": (str, "wait"),
     "full_timeout": (float, 5.0),
     "durable_timeout": (float, 0.5),
@@ -60,35 +60,6 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-#: Exit priority of the finalizer that writes a multiprocessing child's buffer:
-#: below every other (multiprocessing's own use -5 to 15), so events logged
-#: by other finalizers are written too.
-_CHILD_EXIT_PRIORITY = -100
-
-
-def _in_multiprocessing_child(handler: HamustroHandler) -> None:
-    """In a child started by ``multiprocessing``: write the buffer before the child ends.
-
-    ``multiprocessing`` ends a forked child with ``os._exit``, so
-    ``logging.shutdown()`` never runs there; it runs its finalizers first
-    (``util._exit_function``). This after-fork hook runs after it cleared
-    the registry it inherited, so the finalizer registered here is the
-    child's own.
-    """
-    multiprocessing.util.Finalize(
-        None,
-        _write_before_child_exit,
-        args=(weakref.ref(handler),),
-        exitpriority=_CHILD_EXIT_PRIORITY,
-    )
-
-
-def _write_before_child_exit(ref: weakref.ref[HamustroHandler]) -> None:
-    handler = ref()
-    if handler is not None:
-        handler._write_before_exit()
-
-
 class HamustroHandler(logging.Handler):
     """Send records that carry an ``event`` attribute to a Hamustro collector.
 
@@ -101,35 +72,39 @@ class HamustroHandler(logging.Handler):
     * ``tenant_id``, ``user_id`` (None; schema 2 only): the user of events
       whose record has none of its own and when ``tracker.set_user`` set
       none (a record's own wins, then the stored user, then these);
-    * ``durable`` (False): store each event on disk before ``emit`` returns
-      (one SQLite transaction per event on the caller's thread) instead of
-      buffering it for the spool thread;
+    * ``durable`` (False): with True, each event is on stable storage
+      before ``emit`` returns (an ``msync`` of the journal page: about a
+      disk flush per event). Without it the event is in the journal file
+      when ``emit`` returns, which survives the process however it ends
+      (SIGKILL, the OOM killer, ``os._exit``), though not a power cut
+      before the kernel writes the page back;
     * ``close_timeout`` (5 s): how long ``close()`` (and ``flush()`` without
-      a timeout) may take; what is not sent by then stays on disk;
+      a timeout) may take; what is not sent by then stays in the folder;
     * ``event_key`` ("event"): the record attribute that holds the event
       name (structlog's standard-library integration already uses ``event``
       for the message, so there it is another key, e.g. ``track``);
-    * ``max_buffer`` (2,000): events buffered in memory at most, waiting for
-      the spool thread to write them (about 30 ms of writing at full speed).
-      With the chunk being written (``max_batch_events``), that bounds what
-      a crash can lose;
-    * ``on_full`` ("wait"): what ``emit`` does when the buffer is full.
-      "wait": wait for room, at most ``full_timeout`` seconds (5 s), so a
-      producer faster than the disk runs at the disk's pace and loses
-      nothing; it never waits while the queue cannot be written, nor again
-      after a wait timed out until the spool thread makes progress, nor on
-      the handler's own threads. "drop": never wait. Dropped events are
-      counted in ``stats()["dropped"]`` (``storage``, ``buffer_full``) and
-      reported on stderr with their cause, once per streak;
-    * ``durable_timeout`` (0.5 s): with ``durable=True``, how long ``emit``
-      waits for the queue's write lock when another process holds it;
-      after that the event goes to the buffer (written by the spool thread
-      later) and stderr says why.
+    * ``sender`` ("thread"): who moves the journal into the store and sends:
+      "thread", two threads of this handler; "agent", a separate
+      ``hamustro-logging agent`` process on the same folder (this process
+      then starts no thread and does no network I/O);
+    * ``max_buffer`` (100,000): events in the journal not yet moved into
+      the store, at most;
+    * ``on_full`` ("wait"): what ``emit`` does when ``max_buffer`` events
+      wait to be moved. "wait": wait for room, at most ``full_timeout``
+      seconds (5 s), so a producer faster than the store runs at its pace
+      and loses nothing; it never waits when the journal cannot be written
+      (a full disk), nor again after a wait timed out until something was
+      moved, nor on the handler's own threads. "drop": never wait. Dropped
+      events are counted in ``stats()["dropped"]`` (``storage``,
+      ``buffer_full``) and reported on stderr with their cause, once per
+      streak;
+    * ``durable_timeout``: accepted for compatibility; it has no effect
+      since the journal (0.3.0): ``emit`` never waits for the store.
 
-    In a child process started by ``multiprocessing``, which ends without
-    ``logging.shutdown()``, the buffer is written to disk (within
-    ``close_timeout``) before the child ends, if it ends normally; a child
-    killed by a signal (``Pool.terminate()``) loses what it had not written.
+    A process forked with the handler (``multiprocessing``'s fork, a
+    prefork server) writes a journal of its own from the fork on and starts
+    no thread: the process that built the handler moves and sends its
+    events, and adopts its journal when it ends, however it ends.
 
     >>> import logging, tempfile
     >>> handler = HamustroHandler(
@@ -202,6 +177,8 @@ class HamustroHandler(logging.Handler):
             value = o[name]
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
                 raise ValueError(f"{name} must be seconds >= 0, got {value!r}")
+        if o["sender"] not in SENDERS:
+            raise ValueError(f"sender must be 'thread' or 'agent', got {o['sender']!r}")
         if o["on_full"] not in ON_FULL:
             raise ValueError(f"on_full must be 'wait' or 'drop', got {o['on_full']!r}")
         if isinstance(max_buffer, bool) or not isinstance(max_buffer, int) or max_buffer < 1:
@@ -231,19 +208,15 @@ class HamustroHandler(logging.Handler):
         self.durable_timeout = float(o["durable_timeout"])
         self.max_event_bytes = self.tracker.max_event_bytes
         self.event_key: str = o["event_key"]
+        self.sender: str = o["sender"]
         self._closed = False
-        self._direct = False  # a multiprocessing child about to end: emit writes itself
-        self._flusher = self._new_flusher()
-        _HANDLERS.add(self)
-        multiprocessing.util.register_after_fork(self, _in_multiprocessing_child)
-
-    def _new_flusher(self) -> Flusher:
-        flusher = Flusher(
+        self._flusher = Flusher(
             self.tracker, self.max_buffer, name=f"hamustro-{id(self):x}",
-            on_full=self.on_full, full_timeout=self.full_timeout,
+            on_full=self.on_full, full_timeout=self.full_timeout, sender=self.sender,
+            sync=self.durable,
         )  # fmt: skip
-        flusher.start()
-        return flusher
+        self._flusher.start()
+        _HANDLERS.add(self)
 
     # -- the stdlib handler contract --------------------------------------------
 
@@ -268,11 +241,10 @@ class HamustroHandler(logging.Handler):
         )  # fmt: skip
 
     def emit(self, record: logging.LogRecord) -> None:
-        """Map the record and hand it to the spool thread; never raises, never does network I/O.
+        """Map the record and append it to the journal; never raises, never does network I/O.
 
-        Waits only when the buffer is full (``on_full``), or with
-        ``durable=True`` for the write (at most ``durable_timeout`` for
-        another process's lock).
+        Waits only when ``max_buffer`` events wait to be moved (``on_full``),
+        or with ``durable=True`` for the page to reach the disk.
         """
         try:
             if str(record.name).partition(".")[0] in _NEVER_FROM:
@@ -280,35 +252,13 @@ class HamustroHandler(logging.Handler):
             event = self.map_record(record)
             if event is None:
                 return
-            if self._closed:  # after close(): no threads, store directly
-                self._flusher.store_now(event, self.durable_timeout)
-            elif self.durable or self._direct:
-                self._store_now(event)
+            ip = self.tracker.cached_ip()
+            if isinstance(event, Event):
+                self._flusher.put(journal_body(event, ip))
             else:
-                self._flusher.put(event)
+                self._flusher.put(journal_body_v2(event, ip))
         except Exception:
             self.handleError(record)
-
-    def _store_now(self, event: TrackedEvent) -> None:
-        """Write on the caller's thread; if the queue cannot take it now, buffer it."""
-        try:
-            self._flusher.store_now(event, self.durable_timeout)
-        except Exception as exc:
-            if isinstance(exc, diskcache.Timeout):  # queue.QueueBusy is one
-                cause = (
-                    f"another process held the queue database's write lock for "
-                    f"durable_timeout={self.durable_timeout:g} s"
-                )
-            else:
-                cause = f"{type(exc).__name__}: {exc}"
-            self.tracker.reporter.problem(
-                "durable",
-                f"could not write events to the queue in {self.tracker.queue_dir} on the "
-                f"logging thread ({cause}); they wait in memory for the spool thread",
-            )
-            self._flusher.put(event, wait=False)
-        else:
-            self.tracker.reporter.recovered("durable", "events are written on emit again")
 
     def handleError(self, record: logging.LogRecord) -> None:
         """Say in one line on stderr why a record was not queued, and count it.
@@ -344,11 +294,11 @@ class HamustroHandler(logging.Handler):
     def close(self) -> None:
         """Stop the threads after one last attempt of at most ``close_timeout`` seconds.
 
-        What is not sent stays on disk and goes out after the next start.
-        Never takes longer than ``close_timeout``: a request still in flight
-        then gives its batch back (it is sent again later), and events the
-        spool thread could not write by then are counted (``closed``) and
-        reported.
+        What is not sent stays in the folder (its store, or the journal for
+        the next process to adopt) and goes out after the next start. Never
+        takes longer than ``close_timeout``: a request still in flight then
+        gives its batch back (it is sent again later). An event logged after
+        ``close()`` still goes to the journal, for another process to move.
         """
         self._flusher.wake_waiting()  # an emit waiting for room would hold the lock below
         self.acquire()  # no emit() is half-way when _closed flips (reentrant in shutdown)
@@ -360,70 +310,38 @@ class HamustroHandler(logging.Handler):
         finally:
             self.release()
         _HANDLERS.discard(self)
-        finished = self._flusher.stop(self.close_timeout)
-        self._count_unwritten("closed", "before close")
-        if finished:
+        if self._flusher.stop(self.close_timeout):
             self.tracker.close()
         super().close()
-
-    def _write_before_exit(self) -> None:
-        """The process ends without ``logging.shutdown()``: write the buffer to disk now.
-
-        Bounded by ``close_timeout``; nothing is sent (the parent, or the
-        next start, sends it). From here on ``emit`` writes on the caller's
-        thread, as the process may end at any moment.
-        """
-        self.acquire()  # no emit() is half-way when _direct flips
-        try:
-            if self._closed or self._direct:
-                return
-            self._direct = True
-        finally:
-            self.release()
-        self._flusher.write_buffer(time.monotonic() + self.close_timeout)
-        self._count_unwritten("exit", "before this process exited")
-
-    def _count_unwritten(self, reason: str, when: str) -> None:
-        """Count and report the events left in memory (the spool thread ran out of time)."""
-        left = self._flusher.unwritten()
-        if left:
-            self.tracker.stats_counters.drop(reason, left)
-            self.tracker.reporter.once(
-                f"{left} events could not be written to the queue in {self.tracker.queue_dir} "
-                f"within close_timeout={self.close_timeout:g} s {when} "
-                f"({self._flusher.why_unwritten()}); they are lost if the process ends "
-                "before the spool thread writes them"
-            )
 
     # -- more --------------------------------------------------------------------
 
     def stats(self) -> dict[str, Any]:
         """Counters of this handler (see ``Stats.snapshot``) and the queue's state.
 
-        ``buffered`` is the number of events waiting in memory for the spool thread.
+        ``buffered`` is the number of events in this handler's journal not
+        yet moved into the store.
         """
         out = self.tracker.stats()
-        out["buffered"] = len(self._flusher.buffer)
+        out["buffered"] = self._flusher.writer.waiting()
         return out
 
     def _reopen_after_fork(self) -> None:
-        """In a forked child: own connections, own threads, an empty buffer.
+        """In a forked child: a journal of its own, no thread, the parent's things untouched.
 
-        The parent's buffered events are the parent's to write; the child
-        starts with none. The parent's SQLite connection and HTTP sockets are
-        left untouched (never closed here, which could disturb the parent).
+        The child lets go of the parent's journal segment (or the parent's
+        lock on it would outlive the parent) and writes its own; the
+        process that built the handler moves and sends it. The parent's
+        SQLite connection and HTTP sockets are left untouched (never closed
+        here, which could disturb the parent).
         """
-        if self._closed:
-            return
         _INHERITED.append((self.tracker._queue, self.tracker.transport))
         # Locks a parent thread may have held at the fork stay held forever in
-        # the child: every lock the child's threads take is made anew.
+        # the child: every lock the child takes is made anew.
         self.tracker.stats_counters.reset_lock()
         self.tracker.reporter.reset_lock()
-        # Nothing here may block inside os.fork(): the queue is opened by the
-        # child's own spool thread (or first use), not in this hook.
         self.tracker._open(defer=True)
-        self._flusher = self._new_flusher()
+        self._flusher.forget_after_fork()
 
     def __repr__(self) -> str:
         level = logging.getLevelName(self.level)

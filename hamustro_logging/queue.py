@@ -6,8 +6,10 @@ numbering, claiming and deleting are atomic across processes.
 
 Who calls what:
 
-* ``append`` is called by the handler's spool thread (or, in durable mode and
-  from ``ClientTracker.track_event``, by the application's thread);
+* ``append`` is called by ``ClientTracker.track_event`` on the application's
+  thread; ``append_journal`` and ``forget_journal`` by whoever moves journal
+  segments in (:mod:`hamustro_logging.spool`: the handler's spool thread, the
+  agent, the CLI);
 * ``claim``, ``ack``, ``settle``, ``release`` and ``give_back`` by whoever
   sends: the handler's flusher thread, or ``ClientTracker.flush``;
 * the read-only counters by anyone.
@@ -29,6 +31,7 @@ pickled, and :class:`SafeDisk` refuses to unpickle what a tampered file holds):
 ``d/{session}/{hid}``                       the destination (collector and key) it is for (str)
 ``n/{session}``                             last ``nr`` given in the session (int)
 ``u/{client_id}``                           the user set with ``set_user`` (str: JSON)
+``j/{segment}``                             how far a journal segment was moved in (int)
 ``s/pending``, ``s/pending_bytes``          unsent events and their bytes (int)
 ``s/last_sync``                             epoch milliseconds of the last 200 (int)
 ``s/rejected``, ``s/aside``                 rows in ``r/`` and in ``x/`` (int)
@@ -66,7 +69,6 @@ import contextlib
 import fcntl
 import functools
 import json
-import logging
 import os
 import sqlite3
 import sys
@@ -82,7 +84,7 @@ import diskcache.core
 from . import folder
 from .owners import lease_held, new_owner, token_owner
 from .salvage import readable_rows
-from .wire import UINT32_MAX, encode_payloads, iter_frames, md5hex
+from .wire import UINT32_MAX, encode_payloads, iter_frames, md5hex, number_bodies
 
 __all__ = [
     "NUMBER_GAP",
@@ -113,7 +115,7 @@ _DB = "cache.db"
 #: looks at its folder, far less than the 4,294,967,295 an nr can reach.
 NUMBER_GAP = 1_000_000
 #: Every key this library writes starts with one of these (see the table above).
-KEY_PREFIXES = ("e/", "l/", "m/", "r/", "x/", "h/", "d/", "n/", "s/", "u/")
+KEY_PREFIXES = ("e/", "l/", "m/", "r/", "x/", "h/", "d/", "n/", "s/", "u/", "j/")
 
 #: SQLite settings. ``eviction_policy='none'``: diskcache is a cache and by
 #: default evicts old items past 1 GB; a queue must never do that. Small page
@@ -251,46 +253,41 @@ class SessionInfo:
     oldest_nr: int
 
 
-#: Every use of SQLite by a Queue in this process happens under this lock, and
-#: os.fork() takes it too (register_at_fork below), so no thread of ours is
-#: inside SQLite when the process forks. A child inherits a copy of SQLite's
-#: state: forked while a thread held the write lock, or one of SQLite's
-#: internal mutexes, the child could never write to the folder, or would hang
-#: on its first call. The calls it guards are short; a fork waits for the one
-#: in progress. It also makes this process's threads take turns at the
-#: database instead of busy-waiting inside SQLite. Reentrant: a method may
-#: call another.
+#: Every use of SQLite by a Queue in this process happens under this lock: this
+#: process's threads take turns at the database instead of busy-waiting inside
+#: SQLite. Reentrant: a method may call another. It is never taken around
+#: ``os.fork()`` (a lock there is one more thing a thread can break); instead a
+#: forked child looks at it: held by a parent thread at the fork, it means that
+#: thread was inside SQLite, whose process-wide mutexes the child then
+#: inherited held, so the child must never call SQLite
+#: (:func:`sqlite_usable_after_fork`). Its events reach the store through its
+#: journal, moved by the parent or an agent.
 _fork_gate = threading.RLock()
+_sqlite_usable = True
 
 
-def _before_fork() -> None:
-    # logging's module lock first, then the gate: the order a thread in
-    # logging.config.dictConfig takes them (it holds logging's lock while it
-    # builds or closes a handler, which uses the queue). logging's own
-    # before-fork hook, registered earlier (logging is imported above) and so
-    # run after this one, takes its RLock again.
-    logging._lock.acquire()  # type: ignore[attr-defined]  # private, the same in 3.10-3.13
-    _fork_gate.acquire()
-
-
-def _after_fork_in_parent() -> None:
-    _fork_gate.release()
-    logging._lock.release()  # type: ignore[attr-defined]
-
-
-def _reset_gate_in_child() -> None:
-    # logging's lock needs nothing here: its own after-fork hook, run before
-    # this one, makes it anew in the child.
-    global _fork_gate
+def _after_fork_in_child() -> None:
+    global _fork_gate, _sqlite_usable
+    # The forking thread is the only one left; it was not inside SQLite (it
+    # was forking), so the gate is free unless another thread held it.
+    if _fork_gate.acquire(blocking=False):
+        _fork_gate.release()
+    else:
+        _sqlite_usable = False
     _fork_gate = threading.RLock()
 
 
+def sqlite_usable_after_fork() -> bool:
+    """False in a process forked while one of the parent's threads was inside SQLite.
+
+    (Or a descendant of one.) Such a child never opens the queue's
+    database: SQLite's process-wide mutexes may be held forever there.
+    """
+    return _sqlite_usable
+
+
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(
-        before=_before_fork,
-        after_in_parent=_after_fork_in_parent,
-        after_in_child=_reset_gate_in_child,
-    )
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -949,6 +946,80 @@ class Queue:
         cache.set(new_key, old + b"".join(frames))
         self._tail = (new_key, old_size + size)
         return True
+
+    @_gated
+    def append_journal(
+        self,
+        segment: str,
+        read: Callable[[int], tuple[int, list[bytes]]],
+        session: str,
+        hid: str,
+        schema: int,
+        *,
+        busy_timeout: float | None = None,
+    ) -> tuple[Appended, int, int]:
+        """Move the next records of a journal segment in: number and store them, exactly once.
+
+        ``read(offset)`` returns (the offset after the records read, their
+        bodies) from ``offset`` on, the offset this store says the segment
+        was moved to (``j/{segment}``). Reading, numbering, storing and
+        recording the new offset happen in one transaction: whoever moves,
+        and whenever a mover dies, every record is moved once. Events a full
+        queue cannot take are refused (counted in ``Appended.dropped``) and
+        passed over, as in :meth:`append`. Returns what was stored and the
+        segment's new offset and how many of its events were moved in all
+        (``j/{segment}`` holds both: ``offset << 32 | events``).
+        """
+        from .journal import START  # (journal imports nothing of the store)
+
+        self._check_space()
+        key = "j/" + segment
+        with self._busy_timeout(busy_timeout), self._transaction():
+            value = self._int(key) or 0
+            start, moved = value >> 32, value & 0xFFFFFFFF
+            if start < START:
+                start, moved = START, 0
+            end, bodies = read(start)
+            first = self._last_nr(session) + 1
+            room = max(0, self.max_events - self._counter(_PENDING))
+            room_bytes = self.max_bytes - self._counter(_PENDING_BYTES)
+            frames = number_bodies(bodies[:room], first, schema) if bodies else []
+            size = 0
+            for i, frame in enumerate(frames):
+                if size + len(frame) > room_bytes:
+                    del frames[i:]
+                    break
+                size += len(frame)
+            if frames:
+                last = first + len(frames) - 1
+                if last > UINT32_MAX:
+                    raise OverflowError(f"session {session} has used every nr up to {UINT32_MAX}")
+                self._cache.set(f"n/{session}", last)
+                self._known[session] = last
+                if not self._extend_tail(session, hid, first, frames, size):
+                    self._put_chunks(session, hid, first, frames)
+                self._bump(pending=len(frames), size=size)
+            moved += len(bodies)
+            if end != start:
+                self._cache.set(key, end << 32 | moved)
+        done = Appended(first, first + len(frames) - 1, len(frames), len(bodies) - len(frames))
+        return done, end, moved
+
+    @_gated
+    def forget_journal(self, segment: str) -> None:
+        """A segment moved to its end was removed: its offset row goes too."""
+        with self._transaction():
+            self._cache.delete("j/" + segment)
+
+    @_gated
+    def journal_offsets(self) -> dict[str, tuple[int, int]]:
+        """How far each journal segment was moved in: name -> (offset, events)."""
+        out: dict[str, tuple[int, int]] = {}
+        for key in self._keys_with("j/"):
+            value = self._int(key)
+            if value is not None:
+                out[key[2:]] = (value >> 32, value & 0xFFFFFFFF)
+        return out
 
     # -- rows that cannot be used --------------------------------------------------
 

@@ -42,6 +42,7 @@ from .mapping import (
 from .queue import Appended, Queue, QueueBusy, QueueFull, SessionInfo
 from .report import Reporter
 from .retry import Backoff
+from .spool import Spool
 from .stats import Stats
 from .transport import Transport, check_headers, track_url
 from .transport import _without_userinfo as without_userinfo
@@ -432,7 +433,7 @@ class ClientTracker:
         self._ip = _IpFinder(url) if detect_ip else None
         self.stats_counters = Stats()
         self.reporter = Reporter()
-        self._open(lazy=open_lazily)
+        self._open(defer=open_lazily)
 
     def _open(self, lazy: bool = False, defer: bool = False) -> None:
         """Open the queue and the transport (again in a forked child).
@@ -706,6 +707,10 @@ class ClientTracker:
             self.reporter.recovered("queue_full", "the queue has room again")
         return done
 
+    def cached_ip(self) -> bytes | None:
+        """The host's address as last looked up (never a lookup here), or None."""
+        return self._ip.cached() if self._ip is not None else None
+
     def refresh_ip(self) -> None:
         """Look the host's address up again if the cached one is old (may do DNS)."""
         if self._ip is not None:
@@ -727,11 +732,30 @@ class ClientTracker:
     def flush(self, timeout: float | None = None) -> bool:
         """Send everything pending now; True if nothing is left.
 
-        Stops at the first failure (the events stay on disk) or after
-        ``timeout`` seconds.
+        First moves in the journals of the folder that no live process
+        moves (handlers that ended or were killed: see
+        :mod:`hamustro_logging.spool`). Stops at the first failure (the
+        events stay on disk) or after ``timeout`` seconds.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
+        self.adopt_journals()
         return self.delivery.drain(deadline, force=True).left == 0
+
+    def adopt_journals(self) -> int:
+        """Move in the journal segments of the folder left to others; the events moved."""
+        spool = Spool(
+            self.queue_dir, lambda: self.queue, self.reporter.once,
+            batch_events=self.max_batch_events,
+        )  # fmt: skip
+        try:
+            return spool.move_others().events
+        finally:
+            spool.close()
+
+    @property
+    def header(self) -> bytes:
+        """The collection header (fields before the payloads) of this tracker's events."""
+        return self._header
 
     def stats(self) -> dict[str, Any]:
         """This process's counters (see ``Stats.snapshot``) and the queue's state.

@@ -42,7 +42,10 @@ __all__ = [
     "environment",
     "frame_schema",
     "iter_frames",
+    "journal_body",
+    "journal_body_v2",
     "md5hex",
+    "number_bodies",
     "session_id",
     "session_id_v2",
     "sha256hex",
@@ -361,6 +364,93 @@ def encode_payloads_v2(
             parts.append(params)
         body = b"".join(parts)
         append(b"\x7a" + varint(len(body)) + body)
+        nr += 1
+    return out
+
+
+def journal_body(event: Event, default_ip: bytes | None = None) -> bytes:
+    """A schema-1 event as a journal record: its payload without ``nr``, split where ``nr`` goes.
+
+    ``b"E" + varint(len(head)) + head + tail``: ``head`` holds the fields
+    before ``nr`` (1 and 2), ``tail`` those after it, so
+    :func:`number_bodies` makes the framed payload of
+    :func:`encode_payloads` by concatenation.
+
+    >>> body = journal_body(Event(1, b"a", 7))
+    >>> number_bodies([body], 5, 1) == encode_payloads([Event(1, b"a", 7)], 5)
+    True
+    """
+    at, name, user_id, ip, params, is_testing = event
+    head = b"\x08" + varint(at) + b"\x12" + varint(len(name)) + name
+    parts = [b"E", varint(len(head)), head]
+    if user_id is not None:
+        parts += (b"\x20", varint(user_id))
+    if ip is None:
+        ip = default_ip
+    if ip is not None:
+        parts += (b"\x2a", varint(len(ip)), ip)
+    if params is not None:
+        parts += (b"\x32", varint(len(params)), params)
+    if is_testing:
+        parts.append(b"\x38\x01")
+    return b"".join(parts)
+
+
+def journal_body_v2(event: Event2, default_ip: bytes | None = None) -> bytes:
+    """Schema 2's :func:`journal_body`.
+
+    >>> e = Event2(1, b"a", user_id=b"u", params=encode_parameters([(b"k", b"v")]))
+    >>> number_bodies([journal_body_v2(e)], 3, 2) == encode_payloads_v2([e], 3)
+    True
+    """
+    at, name, timezone, tenant_id, user_id, ip, country, params = event
+    head = b"\x08" + varint(at) + b"\x12" + varint(len(name)) + name
+    parts = [b"E", varint(len(head)), head]
+    if timezone is not None:
+        parts += (b"\x22", varint(len(timezone)), timezone)
+    if tenant_id is not None:
+        parts += (b"\x2a", varint(len(tenant_id)), tenant_id)
+    if user_id is not None:
+        parts += (b"\x32", varint(len(user_id)), user_id)
+    if ip is None:
+        ip = default_ip
+    if ip is not None:
+        parts += (b"\x3a", varint(len(ip)), ip)
+    if country is not None:
+        parts += (b"\x42", varint(len(country)), country)
+    if params:
+        parts.append(params)
+    return b"".join(parts)
+
+
+#: A schema's ``Collection.payloads`` tag (field 8 in schema 1, 15 in schema 2).
+FRAME_TAGS = {1: b"\x42", 2: b"\x7a"}
+
+
+def number_bodies(bodies: Sequence[bytes], first_nr: int, schema: int) -> list[bytes]:
+    """Framed payloads from journal bodies (see :func:`journal_body`), numbered from ``first_nr``.
+
+    Raises ``ValueError`` for a body that is not an event record.
+    """
+    tag = FRAME_TAGS[schema]
+    out: list[bytes] = []
+    append = out.append
+    nr = first_nr
+    for body in bodies:
+        if body[:1] != b"E":
+            raise ValueError("corrupt journal record: not an event")
+        head_len, start = _read_varint(body, 1)
+        split = start + head_len
+        if split > len(body):
+            raise ValueError("corrupt journal record: its head runs past its end")
+        number = b"\x18" + varint(nr)
+        append(
+            tag
+            + varint(len(body) - start + len(number))
+            + body[start:split]
+            + number
+            + body[split:]
+        )
         nr += 1
     return out
 
