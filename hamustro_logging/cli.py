@@ -66,7 +66,7 @@ import diskcache
 import diskcache.core
 from google.protobuf.message import DecodeError
 
-from . import collector, payload_pb2, payload_v2_pb2
+from . import agent, collector, folder, payload_pb2, payload_v2_pb2
 from ._version import __version__
 from .config import (
     check_schema,
@@ -79,6 +79,7 @@ from .mapping import EventError, build_event, build_event_v2
 from .queue import Queue, QueueCorrupt
 from .reader import NotAQueue, QueueReader, check_is_queue
 from .report import Reporter
+from .spool import Spool
 from .stats import Stats
 from .tracker import SCHEMA2_OPTIONS, default_queue_dir, destination_id
 from .transport import Answer, Transport, check_headers, track_url
@@ -811,6 +812,13 @@ def _cmd_flush(args: argparse.Namespace) -> int:
                 lambda: queue, transport, reporter, Stats(), destination=destination_id(url, secret)
             )
             delivery.one_shot = True
+            # Journals no live process moves (apps that ended or were killed,
+            # apps with sender="agent") are moved in first.
+            spool = Spool(directory, lambda: queue, reporter.once)
+            try:
+                spool.move_others()
+            finally:
+                spool.close()
             pending = queue.pending_count()
             show = sys.stderr.isatty() and pending > PROGRESS_MIN_EVENTS
             progress = _Progress(sys.stderr, queue, pending) if show else None
@@ -833,6 +841,33 @@ def _cmd_flush(args: argparse.Namespace) -> int:
             "collector or key (see `rebind`), or added while flushing; run flush again later"
         )
     return 0 if left == 0 else 1
+
+
+def _cmd_agent(args: argparse.Namespace) -> int:
+    """Move every journal of the folder into its store and send, until SIGTERM or SIGINT."""
+    config = _config(args, _FLUSH_SETTINGS)
+    url, secret = config["collector_url"], config["shared_secret_key"]
+    directory = _queue_dir(config.get("queue_dir"), config.get("client_id"), url)
+    if not directory.exists():
+        folder.open_private(directory)  # an agent may start before the first app
+    reporter = Reporter()
+    transport = Transport(url, secret, timeout=_timeout(config), headers=_headers(config))
+    try:
+        with _open_queue(directory, notify=reporter.once) as queue:
+            delivery = Delivery(
+                lambda: queue, transport, reporter, Stats(), destination=destination_id(url, secret)
+            )
+            left = agent.run(
+                queue, delivery, reporter, _say,
+                interval=args.interval, stop_timeout=args.stop_timeout,
+            )  # fmt: skip
+    finally:
+        transport.close()
+    return 0 if left == 0 else 1
+
+
+def _say(line: str) -> None:
+    print(PREFIX + line, file=sys.stderr, flush=True)
 
 
 # -- send-test -------------------------------------------------------------------------
@@ -996,6 +1031,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_config_options(flush, _FLUSH_SETTINGS)
 
+    agent_cmd = add(
+        "agent",
+        "move and send the folder's events until stopped (for systemd and sidecars)",
+        "Run in the foreground: move the journals of every app writing to the queue folder "
+        "(apps with sender='agent' start no thread of their own) into the folder's store and "
+        "send the events bound to this collector and key, with the handler's retry rules. "
+        "SIGTERM or SIGINT stops it within --stop-timeout seconds (plus a request in flight); "
+        "what is not sent stays in the folder. Says on stderr when it starts, when delivery "
+        "fails and recovers, and what it left; exits 0 if it left nothing.",
+    )
+    _add_config_options(agent_cmd, _FLUSH_SETTINGS)
+    agent_cmd.add_argument(
+        "--interval", type=float, default=0.2, metavar="SECONDS",
+        help="pause between two looks at the folder (default 0.2)",
+    )  # fmt: skip
+    agent_cmd.add_argument(
+        "--stop-timeout", type=float, default=10.0, metavar="SECONDS",
+        help="time for the last move and send after a stop signal (default 10)",
+    )  # fmt: skip
+
     send_test = add(
         "send-test",
         "send one test event straight to the collector and explain the answer",
@@ -1073,6 +1128,7 @@ def _run_collector(argv: list[str]) -> int:
 _COMMANDS = {
     "status": _cmd_status,
     "flush": _cmd_flush,
+    "agent": _cmd_agent,
     "send-test": _cmd_send_test,
     "export": _cmd_export,
     "retry-rejected": _cmd_retry_rejected,

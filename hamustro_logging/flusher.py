@@ -36,10 +36,12 @@ holds the handler's lock; every such wait has a deadline.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import os
 import threading
 import time
 
+from .agent import agent_alive
 from .journal import JournalMeta, JournalWriter
 from .queue import Appended, sqlite_usable_after_fork
 from .spool import Moved, Spool
@@ -133,6 +135,7 @@ class Flusher:
         self._saw_empty = True
         self._next_scan = 0.0
         self._parent = os.getpid()
+        self.forked = False  # a forked child: no threads, flush() works on the caller's thread
         self._ranges_lock = threading.Lock()
         self._ranges: list[tuple[int, int]] = []  # nr ranges stored by us, not known delivered
 
@@ -279,20 +282,39 @@ class Flusher:
             return False
 
     def _flush_by_others(self, deadline: float | None) -> bool:
-        """No threads here: wait until the agent (or parent) moved this journal and sent it all."""
-        while self.writer.waiting() > 0:
-            if deadline is not None and time.monotonic() >= deadline:
-                return False
-            time.sleep(_POLL)
+        """No threads here: have the journal moved and everything sent, within ``deadline``.
+
+        A forked child moves and sends on the caller's thread (an explicit
+        flush may do I/O); with ``sender="agent"`` it waits for the agent.
+        True once this journal is moved and the folder holds nothing unsent
+        (stricter than "mine": never wrongly True).
+        """
+        reporter = self.tracker.reporter
         if not sqlite_usable_after_fork():
-            return False  # the store cannot be read from this process: delivery unknown
+            while self.writer.waiting() > 0 and _left(deadline) != 0:
+                time.sleep(_POLL)
+            reporter.once(
+                "flush() cannot tell whether events were delivered in a process forked while "
+                "another thread used the queue's database; the parent process sends them"
+            )
+            return False
+        if self.forked:
+            self.spool(deadline)
+            with contextlib.suppress(Exception):
+                self.tracker.delivery.drain(deadline, force=True)
+        elif not agent_alive(self.tracker.queue_dir):
+            reporter.once(
+                f"flush(): no hamustro-logging agent runs on {self.tracker.queue_dir} "
+                "(sender='agent'); the events wait in the folder until one runs"
+            )
+            return False
         while True:
             try:
-                if self.tracker.queue.pending_count() == 0:
+                if self.writer.waiting() == 0 and self.tracker.queue.pending_count() == 0:
                     return True
             except Exception:
                 return False
-            if deadline is not None and time.monotonic() >= deadline:
+            if _left(deadline) == 0:
                 return False
             time.sleep(_POLL)
 
@@ -421,6 +443,7 @@ class Flusher:
         """
         self.writer.forget()
         self.writer.leave_to_others()
+        self.forked = True
         self._threads = []
         self.threads_run = False
         self._parent = os.getppid()

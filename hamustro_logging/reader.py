@@ -51,8 +51,10 @@ _KEY_PREFIXES = KEY_PREFIXES
 #: A key no queue writes: one "?" per prefix.
 _FOREIGN_KEY = (
     "SELECT key FROM Cache WHERE raw != 1 OR typeof(key) != 'text' OR substr(key, 1, 2) "
-    f"NOT IN ({', '.join('?' * len(_KEY_PREFIXES))}) LIMIT 1"
+    "NOT IN (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) LIMIT 1"
 )
+if _FOREIGN_KEY.count("?") != len(_KEY_PREFIXES):  # one "?" per prefix of the key table
+    raise ImportError("reader.py's foreign-key query does not list every key prefix")
 #: Written by every Queue at every open; a folder without it was never one.
 _MARKER = "s/last_sync"
 #: The diskcache settings every Queue writes at every open, that diskcache's
