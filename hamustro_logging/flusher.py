@@ -267,6 +267,7 @@ class Flusher:
         deadline = None if timeout is None else time.monotonic() + timeout
         if not self.threads_run:
             return self._flush_by_others(deadline)
+        self._next_scan = 0.0  # others' journals (forked children) are moved in too
         written = self.write_buffer(deadline)
         with self._cond:
             self._flush_requested += 1

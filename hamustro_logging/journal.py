@@ -68,7 +68,7 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from .folder import UnsafeQueueFolder
+from .folder import UnsafeQueueFolder, open_private
 
 __all__ = [
     "JOURNAL_DIR",
@@ -147,6 +147,7 @@ def journal_dir(queue_dir: str | os.PathLike[str]) -> str:
 
 def _private_dir(path: str) -> None:
     """The journal folder: created 0700; refused if it is a link or others can write it."""
+    open_private(os.path.dirname(path))  # the queue folder, checked (made 0700 if missing)
     with contextlib.suppress(FileExistsError):
         os.mkdir(path, 0o700)
     st = os.lstat(path)

@@ -95,6 +95,7 @@ __all__ = [
     "QueueBusy",
     "QueueCorrupt",
     "QueueFull",
+    "QueueUnusableHere",
     "SafeDisk",
     "SessionInfo",
     "Settled",
@@ -146,6 +147,10 @@ class QueueCorrupt(ValueError):
 
 class QueueFull(RuntimeError):
     """The queue holds ``max_queue_events`` / ``max_queue_bytes`` unsent; the event was refused."""
+
+
+class QueueUnusableHere(RuntimeError):
+    """This process must not open the queue's database (see ``sqlite_usable_after_fork``)."""
 
 
 class QueueBusy(diskcache.Timeout):

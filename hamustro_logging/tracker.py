@@ -39,7 +39,15 @@ from .mapping import (
     build_event,
     build_event_v2,
 )
-from .queue import Appended, Queue, QueueBusy, QueueFull, SessionInfo
+from .queue import (
+    Appended,
+    Queue,
+    QueueBusy,
+    QueueFull,
+    QueueUnusableHere,
+    SessionInfo,
+    sqlite_usable_after_fork,
+)
 from .report import Reporter
 from .retry import Backoff
 from .spool import Spool
@@ -493,6 +501,12 @@ class ClientTracker:
         return self._current_queue()
 
     def _current_queue(self, busy_timeout: float | None = None) -> Queue:
+        if not sqlite_usable_after_fork():
+            raise QueueUnusableHere(
+                "this process was forked while another thread of its parent was inside the "
+                "queue's database (SQLite), so it never opens it; its events go through its "
+                "journal, which the parent process (or an agent) moves and sends"
+            )
         queue = self._queue
         if queue is None or queue.replaced():
             if queue is not None:

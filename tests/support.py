@@ -62,6 +62,22 @@ def pending_in(queue_dir: Path) -> int:
         queue.close()
 
 
+def journal_events(queue_dir: Path) -> int:
+    """Events written to the folder's journal segments (moved in or not), read without moving."""
+    from hamustro_logging.journal import START, open_segment, segment_names
+
+    count = 0
+    for name in segment_names(queue_dir):
+        segment = open_segment(queue_dir, name)
+        if segment is None:
+            continue
+        try:
+            count += sum(1 for _, kind, _ in segment.records(START, 1 << 30) if kind == "E")
+        finally:
+            segment.close()
+    return count
+
+
 def numbers(events: list[dict[str, Any]]) -> list[tuple[str, int]]:
     """The (session, nr) of each received event, sorted."""
     return sorted((e["session"], e["nr"]) for e in events)

@@ -87,7 +87,9 @@ def hold():
     # A second Queue (its own Cache, its own SQLite connection) on the handler's
     # folder takes the write lock (BEGIN IMMEDIATE, through the queue's own
     # transaction helper) and keeps it for 1 s, so the fork below is asked for
-    # mid-transaction. The library's fork gate makes os.fork() wait for it.
+    # mid-transaction: the child must never touch SQLite (its mutexes may be
+    # held forever there); its events go through its journal, which the
+    # parent moves in and sends.
     q = hamustro_logging.queue.Queue(queue_dir)
     with q._transaction():
         holding.set()
@@ -103,8 +105,10 @@ pid = os.fork()
 if pid == 0:  # the child: the parent's transaction is still open
     for i in range(3):
         log.info("e", extra={"event": "fork.child", "user_id": 100 + i})
+    # False: this child cannot read the store to know; it waits until its
+    # journal is moved in, by the parent, within the timeout.
     ok = handler.flush(timeout=15)
-    os._exit(0 if ok else 3)
+    os._exit(3 if ok else 0)
 _, status = os.waitpid(pid, 0)
 child = os.waitstatus_to_exitcode(status)
 holder.join()
