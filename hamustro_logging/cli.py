@@ -66,7 +66,7 @@ import diskcache
 import diskcache.core
 from google.protobuf.message import DecodeError
 
-from . import agent, collector, folder, payload_pb2, payload_v2_pb2
+from . import agent, collector, payload_pb2, payload_v2_pb2
 from ._version import __version__
 from .config import (
     check_schema,
@@ -848,9 +848,12 @@ def _cmd_agent(args: argparse.Namespace) -> int:
     config = _config(args, _FLUSH_SETTINGS)
     url, secret = config["collector_url"], config["shared_secret_key"]
     directory = _queue_dir(config.get("queue_dir"), config.get("client_id"), url)
-    if not directory.exists():
-        folder.open_private(directory)  # an agent may start before the first app
     reporter = Reporter()
+    if not (directory / "cache.db").exists():  # an agent may start before the first app
+        try:
+            Queue(directory, notify=reporter.once).close()
+        except _QUEUE_ERRORS as exc:
+            raise Failure(f"cannot make the queue in {directory}: {exc}") from None
     transport = Transport(url, secret, timeout=_timeout(config), headers=_headers(config))
     try:
         with _open_queue(directory, notify=reporter.once) as queue:

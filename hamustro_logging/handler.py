@@ -147,6 +147,7 @@ class HamustroHandler(logging.Handler):
         full_timeout: float | None = None,
         durable_timeout: float | None = None,
         event_key: str | None = None,
+        sender: str | None = None,
         **tracker_options: Any,
     ) -> None:
         # Everything that can fail comes before logging.Handler.__init__, which

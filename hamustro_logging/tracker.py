@@ -9,6 +9,7 @@ trigger fires, sends on the caller's thread.
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import re
 import socket
@@ -460,6 +461,8 @@ class ClientTracker:
             backoff=self._backoff, destination=self.destination,
         )  # fmt: skip
         if defer:
+            if self.schema == 2:
+                self.user = self._read_user_file()
             return
         try:
             # Lazily (the handler, maybe under dictConfig): never wait long for
@@ -666,7 +669,35 @@ class ClientTracker:
         user = None if user_id is None else _required("user_id", user_id)
         with self._store_lock:
             self.queue.set_user(self.client_id, tenant, user)
+            self._write_user_file(tenant, user)
         self.user = (tenant, user)
+
+    def _user_file(self) -> Path:
+        # A copy of the stored user in a file of its own, so that a handler
+        # knows it from its first event without opening the store.
+        return self.queue_dir / f"user-{md5hex(self.client_id)[:16]}.json"
+
+    def _write_user_file(self, tenant: str | None, user: str | None) -> None:
+        path = self._user_file()
+        temporary = path.with_name(path.name + f".{os.getpid()}.new")
+        try:
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "w") as f:
+                json.dump([tenant, user], f)
+            os.replace(temporary, path)
+        except OSError as exc:  # the store holds the user all the same
+            self.reporter.once(f"could not write {path}: {exc}")
+
+    def _read_user_file(self) -> tuple[str | None, str | None]:
+        try:
+            fd = os.open(self._user_file(), os.O_RDONLY | os.O_NOFOLLOW)
+            with os.fdopen(fd) as f:
+                tenant, user = json.load(f)
+        except (OSError, ValueError, TypeError):
+            return (None, None)
+        if all(v is None or (isinstance(v, str) and v) for v in (tenant, user)):
+            return (tenant, user)
+        return (None, None)
 
     def load_user(self) -> tuple[str | None, str | None]:
         """The spec's ``LoadUser``: (tenant_id, user_id) stored by :meth:`set_user` (read again)."""
