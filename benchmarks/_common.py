@@ -152,15 +152,15 @@ def make_logger(name: str, handler: logging.Handler) -> logging.Logger:
 
 
 def buffered(handler: HamustroHandler) -> Callable[[], int]:
-    """A cheap probe of the events ``handler`` holds in memory, not yet written to disk.
+    """A cheap probe of the events in ``handler``'s journal not yet moved into the store.
 
-    ``len()`` of the spool buffer (the ``buffered`` of ``stats()``, without
+    The journal writer's own count (the ``buffered`` of ``stats()``, without
     the queue look-ups ``stats()`` also makes); ``stats()["buffered"]`` if
-    the handler keeps its buffer elsewhere.
+    the handler has no journal writer where this looks for it.
     """
-    buffer = getattr(getattr(handler, "_flusher", None), "buffer", None)
-    if buffer is not None:
-        return lambda: len(buffer)
+    writer = getattr(getattr(handler, "_flusher", None), "writer", None)
+    if writer is not None:
+        return lambda: int(writer.waiting())
     return lambda: int(handler.stats()["buffered"])
 
 

@@ -179,7 +179,7 @@ class Flusher:
         if self.threads_run:
             if not self._spool_wake.is_set():
                 self._spool_wake.set()
-        elif os.getppid() != self._parent and self._parent != os.getpid():
+        elif self.forked and os.getppid() != self._parent:
             self._take_over()
 
     def _room_for(self, wait: bool) -> bool:
@@ -250,7 +250,7 @@ class Flusher:
 
     def _take_over(self) -> None:
         """A forked child whose parent ended: nobody else moves its journal now; do it here."""
-        self._parent = os.getpid()
+        self.forked = False
         if not sqlite_usable_after_fork():
             return  # never SQLite here: an agent or the next start moves it
         self.writer.leave_to_writer()
