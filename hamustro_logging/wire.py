@@ -240,32 +240,9 @@ def encode_payloads(
 ) -> list[bytes]:
     """Framed payloads for a run of events numbered from ``first_nr`` on.
 
-    Fields in the order ``payload.proto`` numbers them; events logged in the
-    same second share ``at``, whose varint is computed once.
+    Fields in the order ``payload.proto`` numbers them (see :func:`journal_body`).
     """
-    out: list[bytes] = []
-    append = out.append
-    last_at = -1
-    at_bytes = b""
-    nr = first_nr
-    for at, name, user_id, ip, params, is_testing in events:
-        if at != last_at:
-            last_at, at_bytes = at, varint(at)
-        parts = [b"\x08", at_bytes, b"\x12", varint(len(name)), name, b"\x18", varint(nr)]
-        if user_id is not None:
-            parts += (b"\x20", varint(user_id))
-        if ip is None:
-            ip = default_ip
-        if ip is not None:
-            parts += (b"\x2a", varint(len(ip)), ip)
-        if params is not None:
-            parts += (b"\x32", varint(len(params)), params)
-        if is_testing:
-            parts.append(b"\x38\x01")
-        body = b"".join(parts)
-        append(b"\x42" + varint(len(body)) + body)
-        nr += 1
-    return out
+    return number_bodies([journal_body(e, default_ip) for e in events], first_nr, 1)
 
 
 def collection_header_v2(
@@ -339,33 +316,7 @@ def encode_payloads_v2(
     Fields in the order ``payload_v2.proto`` numbers them; ``default_ip``
     as in schema 1.
     """
-    out: list[bytes] = []
-    append = out.append
-    last_at = -1
-    at_bytes = b""
-    nr = first_nr
-    for at, name, timezone, tenant_id, user_id, ip, country, params in events:
-        if at != last_at:
-            last_at, at_bytes = at, varint(at)
-        parts = [b"\x08", at_bytes, b"\x12", varint(len(name)), name, b"\x18", varint(nr)]
-        if timezone is not None:
-            parts += (b"\x22", varint(len(timezone)), timezone)
-        if tenant_id is not None:
-            parts += (b"\x2a", varint(len(tenant_id)), tenant_id)
-        if user_id is not None:
-            parts += (b"\x32", varint(len(user_id)), user_id)
-        if ip is None:
-            ip = default_ip
-        if ip is not None:
-            parts += (b"\x3a", varint(len(ip)), ip)
-        if country is not None:
-            parts += (b"\x42", varint(len(country)), country)
-        if params:
-            parts.append(params)
-        body = b"".join(parts)
-        append(b"\x7a" + varint(len(body)) + body)
-        nr += 1
-    return out
+    return number_bodies([journal_body_v2(e, default_ip) for e in events], first_nr, 2)
 
 
 def journal_body(event: Event, default_ip: bytes | None = None) -> bytes:
@@ -376,9 +327,11 @@ def journal_body(event: Event, default_ip: bytes | None = None) -> bytes:
     :func:`number_bodies` makes the framed payload of
     :func:`encode_payloads` by concatenation.
 
-    >>> body = journal_body(Event(1, b"a", 7))
-    >>> number_bodies([body], 5, 1) == encode_payloads([Event(1, b"a", 7)], 5)
-    True
+    >>> from hamustro_logging.payload_pb2 import Collection
+    >>> (frame,) = number_bodies([journal_body(Event(1, b"a", 7))], 5, 1)
+    >>> p = Collection.FromString(frame).payloads[0]
+    >>> (p.at, p.event, p.nr, p.user_id)
+    (1, 'a', 5, 7)
     """
     at, name, user_id, ip, params, is_testing = event
     head = b"\x08" + varint(at) + b"\x12" + varint(len(name)) + name
@@ -399,9 +352,11 @@ def journal_body(event: Event, default_ip: bytes | None = None) -> bytes:
 def journal_body_v2(event: Event2, default_ip: bytes | None = None) -> bytes:
     """Schema 2's :func:`journal_body`.
 
+    >>> from hamustro_logging.payload_v2_pb2 import Collection
     >>> e = Event2(1, b"a", user_id=b"u", params=encode_parameters([(b"k", b"v")]))
-    >>> number_bodies([journal_body_v2(e)], 3, 2) == encode_payloads_v2([e], 3)
-    True
+    >>> p = Collection.FromString(number_bodies([journal_body_v2(e)], 3, 2)[0]).payloads[0]
+    >>> (p.nr, p.user_id, p.parameters[0].name, p.parameters[0].value)
+    (3, 'u', 'k', 'v')
     """
     at, name, timezone, tenant_id, user_id, ip, country, params = event
     head = b"\x08" + varint(at) + b"\x12" + varint(len(name)) + name
