@@ -40,6 +40,7 @@ import contextlib
 import os
 import threading
 import time
+from collections import deque
 
 from .agent import agent_alive
 from .journal import JournalMeta, JournalWriter
@@ -118,6 +119,9 @@ class Flusher:
         self._moved_seen = 0  # writer.appended - waiting, when last looked
         self._stalled_at: int | None = None  # writer.moved when a wait for room timed out
         self._dropping = False
+        self._overflow: deque[bytes] = deque()  # events the journal could not take yet
+        self._journal_error: str | None = None
+        self._retry_journal_at = 0.0
         self._storage_error: str | None = None  # why the spool's last move failed
         self._cond = threading.Condition()  # guards the tickets below
         self._spool_requested = 0
@@ -160,27 +164,86 @@ class Flusher:
 
         When ``max_buffer`` events wait to be moved, waits for room (at most
         ``full_timeout``) if ``on_full`` is "wait"; otherwise drops the event,
-        counts it and reports the cause. A journal that cannot be written
-        (no room on the disk for a new segment) drops it too.
+        counts it and reports the cause. While the journal cannot be written
+        (the folder unusable, no room on the disk for a new segment), events
+        wait in memory, within the same ``max_buffer``, and go to the journal
+        as soon as it takes them again (tried at most every ``_STORAGE_RETRY``
+        seconds, by ``emit`` and ``flush``).
         """
         writer = self.writer
         if writer.appended - self._moved_seen >= self.max_buffer:
             self._moved_seen = writer.appended - writer.waiting()
             if writer.appended - self._moved_seen >= self.max_buffer and not self._room_for(wait):
                 return
+        if self._overflow and not self.write_overflow():
+            self._keep(body)
+            return
         try:
             writer.append(body)
         except OSError as exc:
-            self._drop("storage", f"cannot write the journal in {writer.directory}: {exc}")
+            self._journal_error = f"{type(exc).__name__}: {exc}"
+            self._retry_journal_at = time.monotonic() + _STORAGE_RETRY
+            self._keep(body)
             return
-        if self._dropping:
-            self._dropping = False
-            self.tracker.reporter.recovered("buffer", "events are written to the journal again")
         if self.threads_run:
             if not self._spool_wake.is_set():
                 self._spool_wake.set()
         elif self.forked and os.getppid() != self._parent:
             self._take_over()
+
+    def _keep(self, body: bytes) -> None:
+        """The journal cannot take events now: keep this one in memory, within ``max_buffer``."""
+        if len(self._overflow) + self.writer.waiting() >= self.max_buffer:
+            self._drop(
+                "storage",
+                f"cannot write the journal in {self.writer.directory} ({self._journal_error}) "
+                f"and {len(self._overflow)} events wait in memory",
+            )
+            return
+        self._overflow.append(body)
+        self.tracker.storage_problem = self._journal_error
+        self.tracker.reporter.problem(
+            "journal",
+            f"cannot write the journal in {self.writer.directory} ({self._journal_error}); "
+            "events wait in memory until it can be written",
+        )
+
+    def write_overflow(self) -> bool:
+        """Move events kept in memory to the journal, in order; True if none is left.
+
+        Called with the handler's lock held (by ``put``, and by ``flush``
+        through the handler), never more often than every ``_STORAGE_RETRY``.
+        """
+        overflow = self._overflow
+        if not overflow:
+            return True
+        if time.monotonic() < self._retry_journal_at:
+            return False
+        try:
+            while overflow:
+                self.writer.append(overflow[0])
+                overflow.popleft()
+        except OSError as exc:
+            self._journal_error = f"{type(exc).__name__}: {exc}"
+            self._retry_journal_at = time.monotonic() + _STORAGE_RETRY
+            return False
+        self.tracker.storage_problem = None
+        self.tracker.reporter.recovered("journal", "the journal is writable again")
+        if self._dropping:
+            self._dropping = False
+            self.tracker.reporter.recovered("buffer", "events are written to the journal again")
+        if self.threads_run:
+            self._spool_wake.set()
+        return True
+
+    def retry_journal_now(self) -> None:
+        """An explicit flush: try the journal again at once (with the handler's lock held)."""
+        self._retry_journal_at = 0.0
+        self.write_overflow()
+
+    def in_memory(self) -> int:
+        """Events kept in memory because the journal could not take them."""
+        return len(self._overflow)
 
     def _room_for(self, wait: bool) -> bool:
         """The journal holds ``max_buffer`` unmoved events: wait for the movers, or drop."""
@@ -211,6 +274,8 @@ class Flusher:
                     )
                     if self.writer.moved == moved and self.threads_run
                     else "the application logs faster than the store takes events"
+                    if self.threads_run
+                    else "is a hamustro-logging agent running on the folder?"
                 ),
             )
         self._drop(*reason)
@@ -445,6 +510,13 @@ class Flusher:
         self.writer.forget()
         self.writer.leave_to_others()
         self.forked = True
+        # Locks a parent thread held at the fork stay held in the child: new ones.
+        self._spool_lock = threading.Lock()
+        self._room = threading.Condition(threading.Lock())
+        self._cond = threading.Condition()
+        self._ranges_lock = threading.Lock()
+        self._spool_wake = threading.Event()
+        self._send_wake = threading.Event()
         self._threads = []
         self.threads_run = False
         self._parent = os.getppid()

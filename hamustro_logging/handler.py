@@ -290,6 +290,11 @@ class HamustroHandler(logging.Handler):
         """
         if self._closed:
             return False
+        self.acquire()  # the journal has one writer at a time
+        try:
+            self._flusher.retry_journal_now()
+        finally:
+            self.release()
         return self._flusher.flush(self.close_timeout if timeout is None else timeout)
 
     def close(self) -> None:
@@ -308,8 +313,16 @@ class HamustroHandler(logging.Handler):
                 super().close()
                 return
             self._closed = True
+            self._flusher.retry_journal_now()
+            left = self._flusher.in_memory()
         finally:
             self.release()
+        if left:  # the journal never took them: said and counted, never silent
+            self.tracker.stats_counters.drop("closed", left)
+            self.tracker.reporter.once(
+                f"{left} events could not be written to the journal in {self.tracker.queue_dir} "
+                "before close(); they are lost"
+            )
         _HANDLERS.discard(self)
         if self._flusher.stop(self.close_timeout):
             self.tracker.close()
@@ -321,10 +334,11 @@ class HamustroHandler(logging.Handler):
         """Counters of this handler (see ``Stats.snapshot``) and the queue's state.
 
         ``buffered`` is the number of events in this handler's journal not
-        yet moved into the store.
+        yet moved into the store, and of those kept in memory while the
+        journal could not be written.
         """
         out = self.tracker.stats()
-        out["buffered"] = self._flusher.writer.waiting()
+        out["buffered"] = self._flusher.writer.waiting() + self._flusher.in_memory()
         return out
 
     def _reopen_after_fork(self) -> None:

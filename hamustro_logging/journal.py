@@ -163,7 +163,7 @@ def _private_dir(path: str) -> None:
 class _Open:
     """A segment this writer owns: its descriptor (holding the lock), map and position."""
 
-    def __init__(self, path: str, size: int, meta: bytes) -> None:
+    def __init__(self, path: str, size: int, meta: bytes, sync: bool = False) -> None:
         # Made under another name, locked, preallocated and given its meta,
         # then renamed: a mover never sees a segment that is not ready, nor
         # one it could mistake for abandoned.
@@ -182,8 +182,20 @@ class _Open:
             self.size = size
             self.pos = START
             self.events = 0
+            #: How far this process's spool moved it, as the store said (offset, events).
+            self.moved_to = START
+            self.moved_events_here = 0
+            #: The file was removed under its writer (the queue folder was deleted):
+            #: the next append starts a new segment.
+            self.gone = False
             self.write(meta)
             os.rename(making, path)
+            if sync:  # the new name on stable storage too
+                folder_fd = os.open(os.path.dirname(path), os.O_RDONLY | os.O_DIRECTORY)
+                try:
+                    os.fsync(folder_fd)
+                finally:
+                    os.close(folder_fd)
         except BaseException:
             os.close(fd)
             with contextlib.suppress(OSError):
@@ -287,7 +299,7 @@ class JournalWriter:
     def append(self, body: bytes) -> None:
         """Write one record; raises ``OSError`` if a new segment cannot be made (a full disk)."""
         current = self.current
-        if current is None or not current.room(len(body)):
+        if current is None or current.gone or not current.room(len(body)):
             current = self._next_segment(len(body))
         current.write(body)
         current.events += 1
@@ -304,7 +316,7 @@ class JournalWriter:
             _private_dir(self.directory)
         self._seq += 1
         path = os.path.join(self.directory, f"{self._prefix}-{self._seq:06d}{SUFFIX}")
-        self.current = _Open(path, size, self._meta_body)
+        self.current = _Open(path, size, self._meta_body, self.sync)
         return self.current
 
     def seal(self) -> None:

@@ -7,7 +7,7 @@ numbering, claiming and deleting are atomic across processes.
 Who calls what:
 
 * ``append`` is called by ``ClientTracker.track_event`` on the application's
-  thread; ``append_journal`` and ``forget_journal`` by whoever moves journal
+  thread; ``append_journal`` and ``finish_journal`` by whoever moves journal
   segments in (:mod:`hamustro_logging.spool`: the handler's spool thread, the
   agent, the CLI);
 * ``claim``, ``ack``, ``settle``, ``release`` and ``give_back`` by whoever
@@ -31,7 +31,7 @@ pickled, and :class:`SafeDisk` refuses to unpickle what a tampered file holds):
 ``d/{session}/{hid}``                       the destination (collector and key) it is for (str)
 ``n/{session}``                             last ``nr`` given in the session (int)
 ``u/{client_id}``                           the user set with ``set_user`` (str: JSON)
-``j/{segment}``                             how far a journal segment was moved in (int)
+``j/{segment}``                             how far a journal segment was moved in (int, < 0: done)
 ``s/pending``, ``s/pending_bytes``          unsent events and their bytes (int)
 ``s/last_sync``                             epoch milliseconds of the last 200 (int)
 ``s/rejected``, ``s/aside``                 rows in ``r/`` and in ``x/`` (int)
@@ -115,6 +115,9 @@ _DB = "cache.db"
 #: knows (see Queue._carry_numbers): more than any app hands out between two
 #: looks at its folder, far less than the 4,294,967,295 an nr can reach.
 NUMBER_GAP = 1_000_000
+#: How long the row of a journal segment moved to its end is kept (see
+#: Queue.finish_journal): far longer than any mover keeps a segment open.
+_FINISHED_KEPT_MS = 24 * 3600 * 1000
 #: Every key this library writes starts with one of these (see the table above).
 KEY_PREFIXES = ("e/", "l/", "m/", "r/", "x/", "h/", "d/", "n/", "s/", "u/", "j/")
 
@@ -962,6 +965,7 @@ class Queue:
         schema: int,
         *,
         busy_timeout: float | None = None,
+        known: tuple[int, int] | None = None,
     ) -> tuple[Appended, int, int]:
         """Move the next records of a journal segment in: number and store them, exactly once.
 
@@ -980,7 +984,16 @@ class Queue:
         self._check_space()
         key = "j/" + segment
         with self._busy_timeout(busy_timeout), self._transaction():
-            value = self._int(key) or 0
+            value = self._int(key, -1 << 62)  # (a sentinel for "no row")
+            if value == -1 << 62:
+                value = None
+            if value is not None and value < 0:  # finished: moved to its end and removed
+                return Appended(0, -1, 0, 0), 0, 0
+            if value is None:
+                # A row this store never had: the segment is new to it, or the
+                # store is (a folder wiped under a running app): its writer's
+                # own process knows how far it moved it.
+                value = (known[0] << 32 | known[1]) if known is not None else 0
             start, moved = value >> 32, value & 0xFFFFFFFF
             if start < START:
                 start, moved = START, 0
@@ -1010,19 +1023,33 @@ class Queue:
         done = Appended(first, first + len(frames) - 1, len(frames), len(bodies) - len(frames))
         return done, end, moved
 
+    def last_known(self) -> dict[str, int]:
+        """The last ``nr`` this object handed out or saw, per session (no I/O)."""
+        return dict(self._known)
+
     @_gated
-    def forget_journal(self, segment: str) -> None:
-        """A segment moved to its end was removed: its offset row goes too."""
+    def finish_journal(self, segment: str) -> None:
+        """A segment moved to its end is removed: its row says so, for good.
+
+        The row stays (as minus the time it finished, in ms) rather than
+        going: a mover that opened the segment before it was removed must
+        find it finished, not new. Rows finished over a day ago go.
+        """
+        now = _now_ms()
         with self._transaction():
-            self._cache.delete("j/" + segment)
+            self._cache.set("j/" + segment, -now)
+            for key in self._keys_with("j/"):
+                value = self._int(key)
+                if value is not None and value < 0 and now + value > _FINISHED_KEPT_MS:
+                    self._cache.delete(key)
 
     @_gated
     def journal_offsets(self) -> dict[str, tuple[int, int]]:
-        """How far each journal segment was moved in: name -> (offset, events)."""
+        """How far each journal segment not finished was moved in: name -> (offset, events)."""
         out: dict[str, tuple[int, int]] = {}
         for key in self._keys_with("j/"):
             value = self._int(key)
-            if value is not None:
+            if value is not None and value >= 0:
                 out[key[2:]] = (value >> 32, value & 0xFFFFFFFF)
         return out
 

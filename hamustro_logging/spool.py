@@ -83,11 +83,16 @@ class Spool:
         for opened in [*writer.held, writer.current]:
             if opened is None:
                 continue
+            if opened is writer.current and os.fstat(opened.fd).st_nlink == 0:
+                # Removed under us (the queue folder was deleted): what it holds
+                # is moved into the new store from our map, and the writer
+                # starts a segment in the new folder with its next event.
+                opened.gone = True
             segment = Segment.of(opened)
             sealed = self._move(segment, writer.meta, busy_timeout, out, mine=True)
             if sealed and opened is not writer.current:
                 writer.retire(opened)
-                self._queue().forget_journal(segment.name)
+                self._queue().finish_journal(segment.name)
         return out
 
     # -- everybody else's ------------------------------------------------------
@@ -143,8 +148,8 @@ class Spool:
             if not sealed and segment.written_after(end):
                 self._set_aside(name, f"a damaged record at byte {end}; what follows is kept")
                 return
+            self._queue().finish_journal(name)  # first: a racing mover then finds it finished
             segment.remove()
-            self._queue().forget_journal(name)
             self._close(name)
 
     # -- moving ------------------------------------------------------------------
@@ -187,10 +192,17 @@ class Spool:
                     end = after
                 return end, bodies
 
+            own = segment.own
+            known = None if own is None else (own.moved_to, own.moved_events_here)
             done, end, moved = queue.append_journal(
-                segment.name, read, meta.session, hid, meta.schema, busy_timeout=busy_timeout
-            )
+                segment.name, read, meta.session, hid, meta.schema,
+                busy_timeout=busy_timeout, known=known,
+            )  # fmt: skip
+            if end == 0:  # finished by another mover
+                return True
             segment.hint(end, moved)
+            if own is not None:
+                own.moved_to, own.moved_events_here = end, moved
             count = done.stored + done.dropped
             out.events += count
             if mine and count:

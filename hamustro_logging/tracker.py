@@ -454,6 +454,7 @@ class ClientTracker:
         """
         self._queue: Queue | None = None
         self._store_lock = threading.Lock()
+        self._open_lock = threading.Lock()
         self.transport = Transport(self._url, self._secret, **self._transport_options)
         self.delivery = Delivery(
             lambda: self.queue, self.transport, self.reporter, self.stats_counters,
@@ -511,14 +512,21 @@ class ClientTracker:
                 "journal, which the parent process (or an agent) moves and sends"
             )
         queue = self._queue
-        if queue is None or queue.replaced():
-            if queue is not None:
-                self.reporter.once(
-                    f"the queue in {self.queue_dir} was removed or replaced; opening a new one "
-                    "(numbering goes on after the numbers already given)"
-                )
-                queue.close()
-            queue = self._open_queue(busy_timeout)
+        if queue is not None and not queue.replaced():
+            return queue
+        with self._open_lock:  # one opener: the spool and send threads may both get here
+            queue = self._queue
+            if queue is None or queue.replaced():
+                if queue is not None:
+                    # Every number the store handed out (the spool's too) is carried.
+                    for session, last in queue.last_known().items():
+                        self._numbers[session] = max(self._numbers.get(session, 0), last)
+                    self.reporter.once(
+                        f"the queue in {self.queue_dir} was removed or replaced; opening a new "
+                        "one (numbering goes on after the numbers already given)"
+                    )
+                    queue.close()
+                queue = self._open_queue(busy_timeout)
         return queue
 
     def __repr__(self) -> str:  # never the secret
