@@ -312,8 +312,7 @@ class JournalWriter:
     def _next_segment(self, need: int) -> _Open:
         size = max(self.segment_bytes, _align(START + 64 + len(self._meta_body) + need + 4096))
         self.seal()
-        if self._seq == 0:
-            _private_dir(self.directory)
+        _private_dir(self.directory)  # (again each time: the folder may have been deleted)
         self._seq += 1
         path = os.path.join(self.directory, f"{self._prefix}-{self._seq:06d}{SUFFIX}")
         self.current = _Open(path, size, self._meta_body, self.sync)
