@@ -48,11 +48,13 @@ EXTRA: dict[str, Any] = {
 class Collector:
     """``python -m hamustro_logging.collector`` in a subprocess, writing JSON lines to a file.
 
+    It speaks ``schema`` (1 or 2), as ``--schema`` does.
+
     An event counts as accepted once its line is in the file: the collector
     writes (and flushes) a request's lines before it answers 200.
     """
 
-    def __init__(self, output: Path, port: int = 0) -> None:
+    def __init__(self, output: Path, port: int = 0, schema: int = 1) -> None:
         self.output = output
         self.process = subprocess.Popen(
             [
@@ -65,6 +67,8 @@ class Collector:
                 SECRET,
                 "--output",
                 str(output),
+                "--schema",
+                str(schema),
             ],
             stderr=subprocess.PIPE,
             text=True,

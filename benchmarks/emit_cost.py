@@ -1,36 +1,81 @@
-"""Emit cost: one ``log.info(..., extra={"event": ...})`` through each handler.
+"""Emit cost as the app feels it: a logging loop through each handler, delivering live.
 
-    python benchmarks/emit_cost.py [--rounds 15] [--calls 2000] [--json PATH]
+    python benchmarks/emit_cost.py [--events 100000] [--rounds 3] [--calls 20000]
+                                   [--handlers KEY,...] [--json PATH] [--quick]
 
-Interleaved rounds in one process: in each round every handler in turn gets
-``--calls`` calls, each timed alone with ``perf_counter_ns``; the figure is
-the median over all calls. Handlers:
+Each handler runs in a fresh subprocess of its own, one at a time; the
+handlers take turns in every round, the order rotated each round, so each
+follows each other one equally often and a busy moment of the machine weighs
+on all of them alike. In that subprocess:
 
-* stdlib ``QueueHandler`` on a ``SimpleQueue`` (the floor for a non-blocking
-  handler; its queue is emptied between rounds, outside the timing);
-* ``HamustroHandler`` (default: buffered, on disk within the durability window);
-* ``HamustroHandler(durable=True)`` (on disk before emit returns);
-* ``HamustroHandler(schema=2, env="production")`` (default otherwise), with
-  the same event but ``user_id`` as a str (schema 2's type); its median and
-  p90 are also given as a ratio to the default schema-1 handler's;
-* python-logstash-async ``AsynchronousLogstashHandler`` (SQLite-backed).
+1. ``--warmup`` events, then a wait until the handler's peer has them all;
+2. **the loop**: ``--events`` calls of ``log.info("order placed",
+   extra={"event": ..., "user_id": ..., "params": {...}})`` back to back,
+   with the handler's own threads (and an agent, for that row) delivering
+   to a live peer meanwhile; then the handler is told to send what is left
+   (``handler.flush()``, as an app does at exit) and the subprocess waits
+   until its peer has every event of the loop;
+3. **the per-call pass**: ``--calls`` more calls, each timed alone with
+   ``perf_counter_ns``, then delivered the same way.
 
-Every Hamustro and logstash handler sends to a live local peer (the schema-2
-handler to a local collector run with ``--schema 2``), so their background
-threads work as in production while the app logs.
+Figures, per handler (the median over the rounds; a ratio is taken within a
+round, against the floor's figure of that same round, then the median):
 
-``--json PATH`` also writes each handler's median and p90 (µs) to ``PATH``,
-for ``run_all.py --plot``.
+* **loop**: the loop's wall time ÷ its events: what each ``log.info`` cost
+  the app, the handler's background work included (its threads take the
+  GIL from the app between calls). The headline;
+* **CPU**: the subprocess's CPU time (``time.process_time()``: every
+  thread) from the loop's first call until the peer had every event of the
+  loop, ÷ the loop's events: the loop, its delivery and the tail's send;
+* **median**, **p99**: of the per-call pass, each call timed alone (the
+  figure this script gave before: it leaves out most of what the threads do
+  between calls);
+* for the rows with a peer: the events the peer received of those logged,
+  and the seconds from the loop's first call until the peer had all of the
+  loop's events (warm-up included, every one accounted for).
+
+Handlers (``--handlers`` takes their keys):
+
+* ``floor``: stdlib ``logging.handlers.QueueHandler(SimpleQueue())``, which
+  nobody reads: nothing is delivered; the floor every ratio is taken against;
+* ``listener``: the same ``QueueHandler`` with a ``QueueListener`` thread
+  handing every record to a ``NullHandler``: a floor with a consumer thread;
+* ``logstash``: python-logstash-async's ``AsynchronousLogstashHandler``
+  with its in-memory cache (``database_path=None``), its defaults otherwise,
+  to a TCP sink on loopback in this process that reads and counts lines;
+* ``logstash-sqlite``: the same with a SQLite file (``database_path``), only
+  when named in ``--handlers``: its worker writes each event in a
+  transaction of its own (a connection opened, a commit), about 100 events/s
+  delivered here, so 100,000 events take many minutes;
+* ``default``: ``HamustroHandler`` with the library's defaults (buffered;
+  ``queue_size`` 20), to a local collector (``python -m
+  hamustro_logging.collector``, a subprocess of this script, fresh for each
+  run);
+* ``schema2``: ``HamustroHandler(schema=2, env="production")``, the same
+  event with ``user_id`` as a str (schema 2's type), to a collector in
+  ``--schema 2``;
+* ``agent``: ``HamustroHandler(sender="agent")`` with a ``hamustro-logging
+  agent`` running on its folder (started before, stopped after, its CPU
+  reported apart), when the installed package has both; skipped with a
+  line saying why otherwise;
+* ``durable``: ``HamustroHandler(durable=True)``, only when named in
+  ``--handlers`` (some 220 µs a call: 100,000 calls take minutes).
+
+``--json PATH`` writes every figure (and each round's) to ``PATH``, for
+``run_all.py --plot``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import logging.handlers
+import os
 import queue
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -38,147 +83,480 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from hamustro_logging import HamustroHandler
+from _common import EXTRA, IDS, SECRET, Collector, dead_url, load
 
-SECRET = "bench-secret"  # noqa: S105
-SCHEMA1 = "HamustroHandler (default)"
-SCHEMA2 = "HamustroHandler (schema=2)"
+#: Handler key -> its name in the tables, the JSON and the chart.
+NAMES = {
+    "floor": "stdlib QueueHandler(SimpleQueue)",
+    "listener": "stdlib QueueHandler + QueueListener",
+    "logstash": "logstash-async (in-memory cache)",
+    "logstash-sqlite": "logstash-async (SQLite file)",
+    "default": "HamustroHandler (default)",
+    "schema2": "HamustroHandler (schema=2)",
+    "agent": "HamustroHandler (sender=agent) + agent",
+    "durable": "HamustroHandler (durable=True)",
+}
+#: What runs unless --handlers says otherwise (durable and logstash-sqlite take
+#: minutes at full size).
+DEFAULT_KEYS = ["floor", "listener", "logstash", "default", "schema2", "agent"]
+#: The handlers whose peer is a local collector, and its schema.
+COLLECTOR_SCHEMA = {"default": 1, "schema2": 2, "agent": 1, "durable": 1}
+#: The options of each HamustroHandler row (the identity fields aside).
+HAMUSTRO_OPTIONS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "schema2": {"schema": 2, "env": "production"},
+    "agent": {"sender": "agent"},
+    "durable": {"durable": True},
+}
+#: How long a wait for the peer to have every event may take before the run fails.
+DELIVERY_TIMEOUT = 600.0
 
 
-def start_collector(schema: int = 1) -> tuple[subprocess.Popen[str], str]:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "hamustro_logging.collector", "--port", "0", "--secret", SECRET,
-         "--schema", str(schema), "--output", "/dev/null"],
-        stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    assert process.stderr is not None
-    line = process.stderr.readline()
-    return process, line.split("listening on ", 1)[1].strip().removesuffix("/api/v1/track")
+# -- the child: one handler, one subprocess ----------------------------------------
 
 
-def sink_port() -> tuple[socket.socket, int]:
-    """A TCP listener that accepts and reads, discarding (logstash's peer).
+@dataclass
+class Setup:
+    """What the child needs of a handler: its logger, how to send the rest, how to close."""
+
+    log: logging.Logger
+    #: Have the handler send what it holds now and wait (bounded) until it says
+    #: so; None when the peer (or nothing) is waited on from outside.
+    push: Callable[[], Any]
+    close: Callable[[], None]
+    #: True: the parent watches a peer (collector, sink) and is asked to wait for it.
+    external_peer: bool
+
+
+def setup(key: str, url: str, folder: Path, port: int) -> Setup:
+    """Build the handler ``key`` and a logger with it alone (no propagation)."""
+    log = logging.getLogger(f"bench.{key}")
+    log.propagate = False
+    log.setLevel(logging.INFO)
+    if key in ("floor", "listener"):
+        records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+        log.addHandler(logging.handlers.QueueHandler(records))
+        if key == "floor":
+            return Setup(log, lambda: None, lambda: None, external_peer=False)
+        listener = logging.handlers.QueueListener(records, logging.NullHandler())
+        listener.start()
+
+        def drain() -> None:  # stop() hands the listener a sentinel and joins it
+            listener.stop()
+            listener.start()
+
+        return Setup(log, drain, listener.stop, external_peer=False)
+    if key.startswith("logstash"):
+        from logstash_async.handler import AsynchronousLogstashHandler
+
+        database = str(folder / "logstash.db") if key == "logstash-sqlite" else None
+        stash = AsynchronousLogstashHandler("127.0.0.1", port, database)
+        log.addHandler(stash)
+        return Setup(log, stash.flush, stash.close, external_peer=True)
+
+    from hamustro_logging import HamustroHandler
+
+    options = HAMUSTRO_OPTIONS[key]
+    handler = HamustroHandler(
+        collector_url=url,
+        shared_secret_key=SECRET,
+        queue_dir=str(folder),
+        close_timeout=DELIVERY_TIMEOUT,
+        **IDS,
+        **options,
+    )
+    log.addHandler(handler)
+
+    def push() -> None:
+        if not handler.flush(timeout=DELIVERY_TIMEOUT):
+            print(f"{key}: flush() did not deliver everything", file=sys.stderr)
+
+    return Setup(log, push, handler.close, external_peer=True)
+
+
+def child(key: str, url: str, folder: Path, port: int, args: argparse.Namespace) -> None:
+    """Log through handler ``key``; print one line of JSON figures.
+
+    Talks to the parent on stdin/stdout: ``await N`` asks it to answer once
+    the peer has N events of this process (``ok``, or ``timeout``);
+    with ``--hold`` (for emit_profile.py), ``ready`` before the loop and
+    ``done`` after its delivery each wait for a line from the parent.
+    """
+    s = setup(key, url, folder, port)
+    info = s.log.info
+    # Schema 2's user_id is a str (an int is accepted and converted, at a cost
+    # a schema-2 app does not pay); everything else is the same.
+    extra = EXTRA | {"user_id": "7"} if key == "schema2" else EXTRA
+    delivered = {"ok": True}
+
+    def deliver(total: int) -> None:
+        s.push()
+        if s.external_peer:
+            print(f"await {total}", flush=True)
+            if sys.stdin.readline().strip() != "ok":
+                delivered["ok"] = False
+
+    def hold(word: str) -> None:
+        if args.hold:
+            print(word, flush=True)
+            sys.stdin.readline()
+
+    for _ in range(args.warmup):
+        info("order placed", extra=extra)
+    deliver(args.warmup)
+    hold("ready")
+
+    clock, cpu = time.perf_counter, time.process_time
+    start, cpu_start = clock(), cpu()
+    for _ in range(args.events):
+        info("order placed", extra=extra)
+    end, cpu_end = clock(), cpu()
+    deliver(args.warmup + args.events)
+    all_in, cpu_all_in = clock(), cpu()
+    hold("done")
+
+    ns = time.perf_counter_ns
+    samples = [0] * args.calls
+    for i in range(args.calls):
+        t = ns()
+        info("order placed", extra=extra)
+        samples[i] = ns() - t
+    deliver(args.warmup + args.events + args.calls)
+    s.close()
+
+    samples.sort()
+    n = len(samples)
+    per_call = {
+        "median_us": statistics.median(samples) / 1000 if n else None,
+        "p90_us": samples[min(n - 1, int(n * 0.90))] / 1000 if n else None,
+        "p99_us": samples[min(n - 1, int(n * 0.99))] / 1000 if n else None,
+    }
+    print(
+        json.dumps(
+            {
+                "loop_us": (end - start) / args.events * 1e6,
+                "loop_cpu_us": (cpu_end - cpu_start) / args.events * 1e6,
+                "cpu_us": (cpu_all_in - cpu_start) / args.events * 1e6,
+                "delivered_s": all_in - start if s.external_peer else None,
+                "all_delivered": delivered["ok"],
+                **per_call,
+            }
+        ),
+        flush=True,
+    )
+
+
+# -- the parent: peers, rounds, figures --------------------------------------------
+
+
+class Sink:
+    """A TCP listener on loopback that reads and counts lines (logstash's peer).
 
     Each connection is read by its own daemon thread, so logstash's worker
-    never blocks on a full socket buffer (which it reports as "timed out").
+    never blocks on a full socket buffer. ``count`` is every line received
+    since it started; the main thread reads it, the readers add to it.
     """
-    server = socket.create_server(("127.0.0.1", 0))
 
-    def discard(conn: socket.socket) -> None:
-        with conn:
-            while conn.recv(1 << 16):
-                pass
+    def __init__(self) -> None:
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self.server.getsockname()[1]
+        self.count = 0
+        self._lock = threading.Lock()
+        threading.Thread(target=self._accept, name="logstash-sink", daemon=True).start()
 
-    def accept() -> None:
+    def _accept(self) -> None:
         while True:
             try:
-                conn, _ = server.accept()
+                conn, _ = self.server.accept()
             except OSError:  # the listener was closed
                 return
-            threading.Thread(target=discard, args=(conn,), daemon=True).start()
+            threading.Thread(target=self._read, args=(conn,), daemon=True).start()
 
-    threading.Thread(target=accept, name="logstash-sink", daemon=True).start()
-    return server, server.getsockname()[1]
+    def _read(self, conn: socket.socket) -> None:
+        with conn:
+            while data := conn.recv(1 << 16):
+                lines = data.count(b"\n")
+                with self._lock:
+                    self.count += lines
+
+    def close(self) -> None:
+        self.server.close()
 
 
-def hamustro(url: str, folder: Path, durable: bool, **schema2: str | int) -> HamustroHandler:
-    return HamustroHandler(
-        collector_url=url, shared_secret_key=SECRET, device_id="bench", client_id="bench",
-        system_version="1", product_version="1", queue_dir=str(folder), durable=durable,
-        queue_size=500, **schema2,
-    )  # fmt: skip
+def agent_missing() -> str | None:
+    """Why the ``agent`` row cannot run with the installed package, or None if it can."""
+    from hamustro_logging import HamustroHandler
+
+    folder = Path(tempfile.mkdtemp(prefix="hamustro-bench-probe-"))
+    try:
+        handler = HamustroHandler(
+            collector_url=dead_url(), shared_secret_key=SECRET, queue_dir=str(folder),
+            sender="agent", **IDS,
+        )  # fmt: skip
+        handler.close()
+    except TypeError as error:
+        return f"HamustroHandler has no sender option ({error})"
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    probe = subprocess.run(
+        [sys.executable, "-m", "hamustro_logging", "agent", "--help"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if probe.returncode != 0:
+        return "the installed hamustro-logging has no `agent` command"
+    return None
+
+
+@contextlib.contextmanager
+def agent(url: str, folder: Path, log: Path, out: dict[str, float]) -> Iterator[None]:
+    """``hamustro-logging agent`` on ``folder`` while the block runs; its CPU seconds in ``out``.
+
+    The collector, key and folder go in its ``HAMUSTRO_*`` variables. It is
+    stopped with SIGTERM and reaped with ``os.wait4`` for its CPU time.
+    """
+    env = os.environ | {
+        "HAMUSTRO_COLLECTOR_URL": url,
+        "HAMUSTRO_SHARED_SECRET_KEY": SECRET,
+        "HAMUSTRO_QUEUE_DIR": str(folder),
+    }
+    with log.open("w") as stderr:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "hamustro_logging", "agent"], env=env, stderr=stderr
+        )
+    try:
+        yield
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, status, usage = os.wait4(process.pid, 0)
+        process.returncode = os.waitstatus_to_exitcode(status)
+        out["agent_cpu_s"] = usage.ru_utime + usage.ru_stime
+        if process.returncode not in (0, -signal.SIGTERM):
+            print(f"the agent exited with {process.returncode}: see {log}", file=sys.stderr)
+
+
+def run_child(key: str, args: argparse.Namespace, tmp: Path, sink: Sink | None) -> dict[str, Any]:
+    """One run of handler ``key`` in a fresh subprocess (and a fresh collector); its figures."""
+    folder = Path(tempfile.mkdtemp(prefix=f"{key}-", dir=tmp))
+    logged = args.warmup + args.events + args.calls
+    port = sink.port if sink is not None else 0
+    out: dict[str, float] = {}
+    try:
+        if key in COLLECTOR_SCHEMA:
+            with Collector(folder / "events.jsonl", schema=COLLECTOR_SCHEMA[key]) as collector:
+                with (
+                    agent(collector.url, folder, tmp / "agent.log", out)
+                    if key == "agent"
+                    else (contextlib.nullcontext())
+                ):
+                    figures = _talk(key, args, collector.url, folder, port, collector.lines)
+                figures["delivered"] = collector.lines()
+        elif key.startswith("logstash"):
+            assert sink is not None
+            base = sink.count
+            figures = _talk(key, args, "-", folder, port, lambda: sink.count - base)
+            figures["delivered"] = sink.count - base
+        else:
+            figures = _talk(key, args, "-", folder, port, lambda: 0)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    if "delivered" in figures:
+        figures["logged"] = logged
+    if "agent_cpu_s" in out:
+        figures["agent_cpu_us"] = out["agent_cpu_s"] / logged * 1e6
+    return figures
+
+
+def _talk(
+    key: str, args: argparse.Namespace, url: str, folder: Path, port: int, peer: Callable[[], int]
+) -> dict[str, Any]:
+    """Run the child, answer its ``await`` lines from ``peer``, return its figures."""
+    command = [
+        sys.executable, __file__, "--child", key, url, str(folder), str(port),
+        "--events", str(args.events), "--calls", str(args.calls), "--warmup", str(args.warmup),
+    ]  # fmt: skip
+    with subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) as p:
+        assert p.stdin is not None and p.stdout is not None
+        for line in p.stdout:
+            if line.startswith("await "):
+                wanted = int(line.split()[1])
+                deadline = time.monotonic() + DELIVERY_TIMEOUT
+                while peer() < wanted and time.monotonic() < deadline:
+                    time.sleep(0.002)
+                p.stdin.write("ok\n" if peer() >= wanted else "timeout\n")
+                p.stdin.flush()
+            elif line.startswith("{"):
+                result: dict[str, Any] = json.loads(line)
+                break
+        else:
+            raise RuntimeError(f"{key}: the child ended without figures (exit {p.wait()})")
+    if p.returncode:
+        raise RuntimeError(f"{key}: the child exited with {p.returncode}")
+    return result
+
+
+#: The per-round figures that get a ratio to the floor's.
+RATIOS = ("loop_us", "cpu_us", "median_us", "p99_us")
+
+
+def summarize(keys: list[str], rounds: list[dict[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Per handler: the median over rounds of each figure and of its ratio to that round's floor."""
+    rows = []
+    for key in keys:
+        runs = [r[key] for r in rounds]
+        row: dict[str, Any] = {"key": key, "name": NAMES[key], "rounds": runs}
+        for name in {n for run in runs for n, v in run.items() if isinstance(v, int | float)}:
+            values = [run[name] for run in runs if run.get(name) is not None]
+            if values and not isinstance(values[0], bool):
+                row[name] = statistics.median(values)
+        for name in RATIOS:
+            ratios = [
+                r[key][name] / r["floor"][name]
+                for r in rounds
+                if r[key].get(name) is not None and r["floor"].get(name)
+            ]
+            if ratios:
+                row[f"{name}_ratio"] = statistics.median(ratios)
+                row[f"{name}_ratios"] = ratios
+        row["all_delivered"] = all(run["all_delivered"] for run in runs)
+        rows.append(row)
+    return rows
+
+
+def print_tables(rows: list[dict[str, Any]], args: argparse.Namespace, note: str) -> None:
+    print(
+        f"\nemit cost as the app feels it: {args.events:,} events a loop, median of "
+        f"{args.rounds} interleaved rounds, each handler in a fresh process "
+        f"(Python {sys.version.split()[0]}; {note})"
+    )
+    head = ("handler", "loop/event", "CPU/event", "call median", "call p99")
+    print(f"  {head[0]:<44} {head[1]:>17} {head[2]:>17} {head[3]:>17} {head[4]:>17}")
+    for row in rows:
+        cells = []
+        for name in RATIOS:
+            value, ratio = row.get(name), row.get(f"{name}_ratio")
+            cells.append(
+                "-".rjust(17) if value is None else f"{value:>7.2f} us {ratio:>5.2f}x".rjust(17)
+            )
+        print(f"  {row['name']:<44} {' '.join(cells)}")
+    print(
+        "  loop/event: the loop's wall time / its events. CPU/event: the process's CPU (all\n"
+        "  threads) from the loop's first call until the peer had all its events, / events.\n"
+        "  call median, p99: a separate pass, each call timed alone. x: / the floor (first\n"
+        "  row), within each round."
+    )
+    print("\n  loop/event / the floor, round by round:")
+    for row in rows:
+        ratios = " ".join(f"{r:.2f}x" for r in row.get("loop_us_ratios", []))
+        print(f"  {row['name']:<44} {ratios}")
+
+    print("\n  delivery (warm-up + loop + per-call pass, all to the peer)")
+    print(
+        f"  {'handler':<44} {'delivered/logged':>19} {'all of loop in':>15} "
+        f"{'loop CPU/event':>15} {'agent CPU/event':>16}"
+    )
+    for row in rows:
+        if "logged" not in row:
+            continue
+        delivered = f"{row['delivered']:,.0f}/{row['logged']:,.0f}"
+        if not row["all_delivered"]:
+            delivered += " !"
+        agent_cpu = f"{row['agent_cpu_us']:.2f} us" if "agent_cpu_us" in row else "-"
+        print(
+            f"  {row['name']:<44} {delivered:>19} {row['delivered_s']:>13.2f} s "
+            f"{row['loop_cpu_us']:>12.2f} us {agent_cpu:>16}"
+        )
+    print(
+        "  all of loop in: from the loop's first call until the peer had every event of the\n"
+        "  loop (the handler told to send the rest right after it). loop CPU/event: the\n"
+        "  process's CPU during the loop alone."
+    )
+    sys.stdout.flush()
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--rounds", type=int, default=15)
-    parser.add_argument("--calls", type=int, default=2000)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--events", type=int, default=100_000, help="calls in each loop")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--calls", type=int, default=20_000, help="calls timed one by one")
+    parser.add_argument("--warmup", type=int, default=2_000)
+    parser.add_argument(
+        "--handlers",
+        default=",".join(DEFAULT_KEYS),
+        help=f"comma-separated keys among {', '.join(NAMES)} (default: all but durable)",
+    )
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the figures here")
+    parser.add_argument("--quick", action="store_true", help="small sizes, a smoke run")
+    parser.add_argument("--child", nargs=4, metavar=("KEY", "URL", "FOLDER", "PORT"),
+                        help=argparse.SUPPRESS)  # fmt: skip
+    parser.add_argument("--hold", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.child:
+        key, url, folder, port = args.child
+        child(key, url, Path(folder), int(port), args)
+        return
+    if args.quick:
+        args.events, args.rounds, args.calls, args.warmup = 5_000, 1, 1_000, 500
 
-    tmp = Path(tempfile.mkdtemp(prefix="hamustro-bench-"))
-    collector, url = start_collector()
-    collector2, url2 = start_collector(schema=2)
-    server: socket.socket | None = None
-    handlers: dict[str, logging.Handler] = {}
-    simple: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
-    handlers["stdlib QueueHandler(SimpleQueue)"] = logging.handlers.QueueHandler(simple)
-    handlers[SCHEMA1] = hamustro(url, tmp / "q1", durable=False)
-    handlers["HamustroHandler (durable=True)"] = hamustro(url, tmp / "q2", durable=True)
-    handlers[SCHEMA2] = hamustro(url2, tmp / "q3", durable=False, schema=2, env="production")
+    keys = [k.strip() for k in args.handlers.split(",") if k.strip()]
+    unknown = [k for k in keys if k not in NAMES]
+    if unknown:
+        parser.error(f"unknown handler key(s): {', '.join(unknown)}")
+    if "floor" not in keys:
+        keys.insert(0, "floor")  # every ratio is to it
+    skipped: dict[str, str] = {}
     try:
-        from logstash_async.handler import AsynchronousLogstashHandler
-
-        server, port = sink_port()
-        handlers["logstash-async AsynchronousLogstashHandler"] = AsynchronousLogstashHandler(
-            "127.0.0.1", port, database_path=str(tmp / "logstash.db")
-        )
+        import logstash_async  # noqa: F401
     except ImportError:
-        print("python-logstash-async is not installed: pip install -e '.[bench]'", file=sys.stderr)
+        for key in ("logstash", "logstash-sqlite"):
+            if key in keys:
+                skipped[key] = "python-logstash-async is not installed (the bench extra)"
+    if "agent" in keys and (why := agent_missing()):
+        skipped["agent"] = why
+    keys = [k for k in keys if k not in skipped]
+    for key, why in skipped.items():
+        print(f"skipped {NAMES[key]}: {why}")
 
-    loggers = {}
-    for name, handler in handlers.items():
-        log = logging.getLogger(f"bench.{name}")
-        log.propagate = False
-        log.setLevel(logging.INFO)
-        log.addHandler(handler)
-        loggers[name] = log
-
-    samples: dict[str, list[int]] = {name: [] for name in handlers}
-    extra = {"event": "order_placed", "user_id": 7, "params": {"total": 12, "currency": "EUR"}}
-    # Schema 2's user_id is a str (an int is accepted and converted, at a cost
-    # a schema-2 app does not pay); everything else is the same.
-    extras = {name: extra for name in handlers} | {SCHEMA2: extra | {"user_id": "7"}}
-    names = list(loggers)
-    for round_ in range(args.rounds):
-        # Rotate who goes first: each handler follows each other one equally
-        # often, so another handler's busy background threads (a durable
-        # handler's sender, logstash's worker) weigh on every figure alike.
-        shift = round_ % len(names)
-        for name in names[shift:] + names[:shift]:
-            log = loggers[name]
-            info: Callable[..., None] = log.info
-            out = samples[name]
-            extra = extras[name]
-            clock = time.perf_counter_ns
-            for _ in range(args.calls):
-                start = clock()
-                info("order placed", extra=extra)
-                out.append(clock() - start)
-            while not simple.empty():
-                simple.get_nowait()
-            time.sleep(0.2)  # let background threads catch up between handlers
-
-    floor = statistics.median(samples["stdlib QueueHandler(SimpleQueue)"])
-    print(f"emit cost, median of {args.rounds} interleaved rounds x {args.calls} calls "
-          f"(Python {sys.version.split()[0]})")  # fmt: skip
-    print(f"{'handler':<46} {'median':>9} {'p90':>9} {'vs QueueHandler':>16}")
-    rows = []
-    for name, values in samples.items():
-        values.sort()
-        median = statistics.median(values)
-        p90 = values[int(len(values) * 0.9)]
-        print(f"{name:<46} {median / 1000:>7.2f}us {p90 / 1000:>7.2f}us {median / floor:>15.2f}x")
-        rows.append({"name": name, "median_us": median / 1000, "p90_us": p90 / 1000})
-    one, two = samples[SCHEMA1], samples[SCHEMA2]
-    print(f"{'schema 2 / schema 1 (default handlers)':<46} "
-          f"{statistics.median(two) / statistics.median(one):>8.3f}x "
-          f"{two[int(len(two) * 0.9)] / one[int(len(one) * 0.9)]:>8.3f}x")  # fmt: skip
+    start_load = load()
+    rounds: list[dict[str, dict[str, Any]]] = []
+    with tempfile.TemporaryDirectory(prefix="hamustro-bench-") as name:
+        tmp = Path(name)
+        sink = Sink() if any(k.startswith("logstash") for k in keys) else None
+        try:
+            for round_ in range(args.rounds):
+                shift = round_ % len(keys)
+                figures: dict[str, dict[str, Any]] = {}
+                for key in keys[shift:] + keys[:shift]:
+                    figures[key] = run_child(key, args, tmp, sink)
+                    print(
+                        f"round {round_ + 1}: {NAMES[key]:<44} "
+                        f"{figures[key]['loop_us']:7.2f} us/event", flush=True
+                    )  # fmt: skip
+                rounds.append(figures)
+        finally:
+            if sink is not None:
+                sink.close()
+    note = f"{start_load} at the start, {load()} at the end"
+    rows = summarize(keys, rounds)
+    print_tables(rows, args, note)
     if args.json:
-        figures = {"rounds": args.rounds, "calls": args.calls, "handlers": rows}
-        args.json.write_text(json.dumps(figures, indent=2) + "\n", encoding="utf-8")
-
-    for handler in handlers.values():
-        handler.close()
-    if server is not None:
-        server.close()
-    for process in (collector, collector2):
-        process.terminate()
-        process.wait()
-    shutil.rmtree(tmp, ignore_errors=True)
+        results = {
+            "events": args.events,
+            "rounds": args.rounds,
+            "calls": args.calls,
+            "warmup": args.warmup,
+            "python": sys.version.split()[0],
+            "load": note,
+            "handlers": rows,
+            "skipped": skipped,
+        }
+        args.json.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":
