@@ -24,14 +24,16 @@ from matplotlib.figure import Figure
 #: emit_cost.py's handler names, in the order the chart shows them, with their labels.
 EMIT_LABELS = {
     "stdlib QueueHandler(SimpleQueue)": "stdlib QueueHandler\n(SimpleQueue: the floor)",
+    "stdlib QueueHandler + QueueListener": "stdlib QueueHandler\n+ QueueListener",
     "HamustroHandler (default)": "HamustroHandler\n(default)",
     "HamustroHandler (schema=2)": "HamustroHandler\n(schema=2)",
+    "HamustroHandler (sender=agent) + agent": "HamustroHandler\n(sender=agent) + agent",
     "HamustroHandler (durable=True)": "HamustroHandler\n(durable=True)",
-    "logstash-async AsynchronousLogstashHandler": (
-        "python-logstash-async\nAsynchronousLogstashHandler"
-    ),
+    "logstash-async (in-memory cache)": "python-logstash-async\n(in-memory cache)",
+    "logstash-async (SQLite file)": "python-logstash-async\n(SQLite file)",
 }
 MEDIAN, P90, REFERENCE, HAMUSTRO, CEILING = "#4c72b0", "#a1b9e0", "#8c8c8c", "#4c72b0", "#55a868"
+LOOP, CPU = "#4c72b0", "#dd8452"
 
 
 def footer(command: str) -> str:
@@ -61,41 +63,54 @@ def _style(axes: Axes) -> None:
 
 
 def emit_chart(figures: dict[str, Any], command: str, path: Path) -> None:
-    """Emit cost per handler: median and p90, µs, on a log scale (durable is 20x the rest)."""
-    rows: dict[str, dict[str, float]] = {row["name"]: row for row in figures["handlers"]}
+    """Per handler: the loop's wall time per event (the headline), CPU per event, per-call median.
+
+    The ratio on each loop bar is to the first row (the ``QueueHandler``
+    floor), taken within each round. A log scale only when one handler
+    costs over twenty times another (``durable=True``, logstash's SQLite file).
+    """
+    rows: dict[str, dict[str, Any]] = {row["name"]: row for row in figures["handlers"]}
     names = [n for n in EMIT_LABELS if n in rows] + [n for n in rows if n not in EMIT_LABELS]
     labels = [EMIT_LABELS.get(n, n) for n in names]
     y = range(len(names))
-    height = 0.38
+    height = 0.26
+    bars_of = (
+        (-height, "loop_us", LOOP, "loop: wall time / events (what the app feels)"),
+        (0.0, "cpu_us", CPU, "process CPU / event, until all delivered"),
+        (height, "median_us", P90, "one call timed alone: median"),
+    )
 
-    figure, axes = plt.subplots(figsize=(8, 1.0 + 0.75 * len(names) + 0.9), layout="constrained")
-    figure.get_layout_engine().set(rect=(0, 0.09, 1, 0.91))  # type: ignore[union-attr, call-arg]
-    floor = rows[names[0]]["median_us"]
-    for offset, key, colour, what in (
-        (-0.2, "median_us", MEDIAN, "median"),
-        (0.2, "p90_us", P90, "p90"),
-    ):
-        values = [rows[n][key] for n in names]
+    figure, axes = plt.subplots(figsize=(8.5, 1.2 + 0.95 * len(names) + 0.9), layout="constrained")
+    figure.get_layout_engine().set(rect=(0, 0.08, 1, 0.92))  # type: ignore[union-attr, call-arg]
+    shown: list[float] = []
+    for offset, key, colour, what in bars_of:
+        values = [float(rows[n].get(key) or 0.0) for n in names]
         bars = axes.barh([i + offset for i in y], values, height, color=colour, label=what)
         texts = [f"{v:.1f} µs" for v in values]
-        if key == "median_us":  # how many times the first row (the floor), on the medians
-            texts = [
-                f"{text}  ({_times(v / floor)})" for text, v in zip(texts, values, strict=True)
-            ]
-        axes.bar_label(bars, texts, padding=3, fontsize=8)
-    # Log scale: the durable handler costs some twenty times the others. The
-    # bars start at 1 µs so that their lengths still rank the handlers.
-    axes.set_xscale("log")
-    axes.set_xlim(1, max(rows[n]["p90_us"] for n in names) * 5)
+        ratios = [rows[n].get(f"{key}_ratio") for n in names]
+        texts = [
+            f"{text}  ({_times(r)})" if r is not None else text
+            for text, r in zip(texts, ratios, strict=True)
+        ]
+        axes.bar_label(bars, texts, padding=3, fontsize=7 if key != "loop_us" else 8)
+        shown += [v for v in values if v > 0]
+    largest = max(shown)
+    if largest > 20 * min(shown):
+        axes.set_xscale("log")
+        axes.set_xlim(1, largest * 5)
+        axes.set_xlabel("µs per event (log scale)")
+    else:
+        axes.set_xlim(0, largest * 1.35)
+        axes.set_xlabel("µs per event")
     axes.xaxis.set_major_formatter(lambda x, _: f"{x:,.0f} µs")
     axes.set_yticks(list(y), labels, fontsize=9)
-    axes.set_xlabel("time for one log.info(..., extra={...}) to return, µs (log scale)")
-    axes.legend(loc="lower right", frameon=False)
+    axes.legend(loc="upper right", frameon=False, fontsize=8)  # the floor's bars are short
     axes.invert_yaxis()  # the first row at the top
     _style(axes)
     axes.set_title(
-        "Emit cost per handler: what one log.info costs the app\n"
-        f"median and p90 of {figures['rounds']} interleaved rounds x {figures['calls']:,} calls",
+        "Emit cost per handler: what a logging loop costs the app, delivering live\n"
+        f"{figures['events']:,} log.info a loop, median of {figures['rounds']} interleaved "
+        "rounds; (x) = / the floor (first row)",
         fontsize=11,
         loc="left",
     )

@@ -25,9 +25,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 
-#: Script, and its arguments for a quick smoke run. emit_cost.py has no --quick.
+#: Script, and its arguments for a quick smoke run.
 SCRIPTS: list[tuple[str, list[str]]] = [
-    ("emit_cost.py", ["--rounds", "3", "--calls", "500"]),
+    ("emit_cost.py", ["--quick"]),
     ("e2e_rate.py", ["--quick"]),
     ("backlog.py", ["--quick"]),
     ("multiprocess.py", ["--quick"]),
