@@ -8,9 +8,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -136,6 +139,59 @@ def dead_url() -> str:
     with socket.create_server(("127.0.0.1", 0)) as server:
         port = server.getsockname()[1]
     return f"http://127.0.0.1:{port}"
+
+
+def agent_missing() -> str | None:
+    """Why the ``agent`` row cannot run with the installed package, or None if it can."""
+    from hamustro_logging import HamustroHandler
+
+    folder = Path(tempfile.mkdtemp(prefix="hamustro-bench-probe-"))
+    try:
+        handler = HamustroHandler(
+            collector_url=dead_url(), shared_secret_key=SECRET, queue_dir=str(folder),
+            sender="agent", **IDS,
+        )  # fmt: skip
+        handler.close()
+    except TypeError as error:
+        return f"HamustroHandler has no sender option ({error})"
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    probe = subprocess.run(
+        [sys.executable, "-m", "hamustro_logging", "agent", "--help"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if probe.returncode != 0:
+        return "the installed hamustro-logging has no `agent` command"
+    return None
+
+
+@contextlib.contextmanager
+def agent(url: str, folder: Path, log: Path, out: dict[str, float]) -> Iterator[None]:
+    """``hamustro-logging agent`` on ``folder`` while the block runs; its CPU seconds in ``out``.
+
+    The collector, key and folder go in its ``HAMUSTRO_*`` variables. It is
+    stopped with SIGTERM and reaped with ``os.wait4`` for its CPU time.
+    """
+    env = os.environ | {
+        "HAMUSTRO_COLLECTOR_URL": url,
+        "HAMUSTRO_SHARED_SECRET_KEY": SECRET,
+        "HAMUSTRO_QUEUE_DIR": str(folder),
+    }
+    with log.open("w") as stderr:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "hamustro_logging", "agent"], env=env, stderr=stderr
+        )
+    try:
+        yield
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, status, usage = os.wait4(process.pid, 0)
+        process.returncode = os.waitstatus_to_exitcode(status)
+        out["agent_cpu_s"] = usage.ru_utime + usage.ru_stime
+        if process.returncode not in (0, -signal.SIGTERM):
+            print(f"the agent exited with {process.returncode}: see {log}", file=sys.stderr)
 
 
 def make_handler(url: str, folder: Path, **options: Any) -> HamustroHandler:

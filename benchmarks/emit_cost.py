@@ -72,10 +72,8 @@ import contextlib
 import json
 import logging
 import logging.handlers
-import os
 import queue
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -83,12 +81,12 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from _common import EXTRA, IDS, SECRET, Collector, dead_url, load
+from _common import EXTRA, IDS, SECRET, Collector, agent, agent_missing, load
 
 #: Handler key -> its name in the tables, the JSON and the chart.
 NAMES = {
@@ -286,59 +284,6 @@ class Sink:
 
     def close(self) -> None:
         self.server.close()
-
-
-def agent_missing() -> str | None:
-    """Why the ``agent`` row cannot run with the installed package, or None if it can."""
-    from hamustro_logging import HamustroHandler
-
-    folder = Path(tempfile.mkdtemp(prefix="hamustro-bench-probe-"))
-    try:
-        handler = HamustroHandler(
-            collector_url=dead_url(), shared_secret_key=SECRET, queue_dir=str(folder),
-            sender="agent", **IDS,
-        )  # fmt: skip
-        handler.close()
-    except TypeError as error:
-        return f"HamustroHandler has no sender option ({error})"
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-    probe = subprocess.run(
-        [sys.executable, "-m", "hamustro_logging", "agent", "--help"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if probe.returncode != 0:
-        return "the installed hamustro-logging has no `agent` command"
-    return None
-
-
-@contextlib.contextmanager
-def agent(url: str, folder: Path, log: Path, out: dict[str, float]) -> Iterator[None]:
-    """``hamustro-logging agent`` on ``folder`` while the block runs; its CPU seconds in ``out``.
-
-    The collector, key and folder go in its ``HAMUSTRO_*`` variables. It is
-    stopped with SIGTERM and reaped with ``os.wait4`` for its CPU time.
-    """
-    env = os.environ | {
-        "HAMUSTRO_COLLECTOR_URL": url,
-        "HAMUSTRO_SHARED_SECRET_KEY": SECRET,
-        "HAMUSTRO_QUEUE_DIR": str(folder),
-    }
-    with log.open("w") as stderr:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "hamustro_logging", "agent"], env=env, stderr=stderr
-        )
-    try:
-        yield
-    finally:
-        process.send_signal(signal.SIGTERM)
-        _, status, usage = os.wait4(process.pid, 0)
-        process.returncode = os.waitstatus_to_exitcode(status)
-        out["agent_cpu_s"] = usage.ru_utime + usage.ru_stime
-        if process.returncode not in (0, -signal.SIGTERM):
-            print(f"the agent exited with {process.returncode}: see {log}", file=sys.stderr)
 
 
 def run_child(key: str, args: argparse.Namespace, tmp: Path, sink: Sink | None) -> dict[str, Any]:
