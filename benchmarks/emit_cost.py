@@ -210,12 +210,14 @@ def child(key: str, url: str, folder: Path, port: int, args: argparse.Namespace)
     hold("ready")
 
     clock, cpu = time.perf_counter, time.process_time
+    threads_start = thread_cpu()
     start, cpu_start = clock(), cpu()
     for _ in range(args.events):
         info("order placed", extra=extra)
     end, cpu_end = clock(), cpu()
     deliver(args.warmup + args.events)
     all_in, cpu_all_in = clock(), cpu()
+    threads_end = thread_cpu()
     hold("done")
 
     ns = time.perf_counter_ns
@@ -242,11 +244,30 @@ def child(key: str, url: str, folder: Path, port: int, args: argparse.Namespace)
                 "cpu_us": (cpu_all_in - cpu_start) / args.events * 1e6,
                 "delivered_s": all_in - start if s.external_peer else None,
                 "all_delivered": delivered["ok"],
+                # Each thread's CPU over the same span, by name (emit_profile.py).
+                "thread_cpu_us": {
+                    name: (threads_end[name] - threads_start.get(name, 0.0)) / args.events * 1e6
+                    for name in threads_end
+                },
                 **per_call,
             }
         ),
         flush=True,
     )
+
+
+def thread_cpu() -> dict[str, float]:
+    """CPU seconds of each live thread of this process so far, by thread name."""
+    seconds = {}
+    for thread in threading.enumerate():
+        if thread.ident is None:
+            continue
+        try:
+            clock = time.pthread_getcpuclockid(thread.ident)
+            seconds[thread.name] = time.clock_gettime(clock)
+        except OSError:  # it ended meanwhile
+            continue
+    return seconds
 
 
 # -- the parent: peers, rounds, figures --------------------------------------------

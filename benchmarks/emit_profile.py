@@ -12,23 +12,25 @@ process from outside, so it sees every thread, and it takes no GIL; cProfile
 would see only the thread it runs in, and the handler's work happens
 mostly on its own threads.
 
-Only samples of the thread holding the GIL count (py-spy ``--gil``): the
-application's loop can only run while no other thread of its process holds
-the GIL, so these shares are of what the loop competes for. Work done with
-the GIL released (SQLite's C code, a socket's send) runs beside the loop on
-another core and is not in them; the process's CPU per event
-(``process_time``) is printed beside for that. Each sample goes to a thread
-(the app's loop, the handler's spool thread, its send thread, ...) and to
-a category by the innermost frame that belongs to a known module: the
+Each thread's CPU time over that span is measured exactly (the child reads
+its threads' CPU clocks, ``pthread_getcpuclockid``); py-spy's samples split
+it. Only samples in which the thread holds the GIL count (py-spy
+``--gil``): a sample of a thread waiting for the GIL, which the OS may show
+as running, says nothing of where its CPU goes. Each sample goes to a
+thread (the app's loop, the handler's spool thread, its send thread, ...)
+and to a category by the innermost frame that belongs to a known module: the
 stdlib ``logging`` machinery (``Logger.info``, ``LogRecord``), the mapping
 (``mapping.py``), encoding (``wire.py``, protobuf), the store (``queue.py``
 and its helpers, diskcache, SQLite), the journal, delivery (``delivery.py``,
 ``retry.py``), HTTP (``transport.py``, requests, urllib3, ``http.client``,
 sockets), the handler's threads (``flusher.py``), and so on; a module of
-the package not named here is shown by its own name. GIL µs per event are
-the samples ÷ the rate ÷ the events: on a machine whose cores are all busy
-a thread holds the GIL also while the OS has it wait for a core, so the
-total is near the loop's wall time there, and the shares are what to read.
+the package not named here is shown by its own name. A thread's CPU per
+event is then split by its samples' categories. Work a thread does with the
+GIL released (SQLite's C code, a socket's send) has no sample of its own and
+is spread over that thread's categories by their shares: the store's and
+HTTP's figures are lower bounds. On a machine whose cores are all busy a
+thread also holds the GIL while the OS has it wait for a core, so the GIL
+time (printed) exceeds the CPU time; the split within a thread holds.
 
 Sampling slows the process a little (py-spy stops it for each sample), so
 the loop's wall time here is not emit_cost.py's figure: read the shares.
@@ -187,32 +189,44 @@ def profile(args: argparse.Namespace, tmp: Path) -> tuple[str, dict[str, Any]]:
 def report(
     counts: collections.Counter[tuple[str, str]], figures: dict[str, Any], args: Any
 ) -> None:
+    """Each thread's measured CPU per event, split by its GIL samples' categories."""
+    cpu: dict[str, float] = collections.defaultdict(float)
+    for name, us in figures["thread_cpu_us"].items():
+        cpu[thread_role("thread (0): " + name)] += us
+    roles = sorted(cpu, key=lambda r: (r != "app", -cpu[r]))
+    categories = list({c for _, c in counts})
     total = sum(counts.values())
-    roles = sorted({r for r, _ in counts}, key=lambda r: (r != "app", -_sum(counts, role=r)))
-    categories = sorted({c for _, c in counts}, key=lambda c: -_sum(counts, cat=c))
     gil_us = total / args.rate / args.events * 1e6
     print(
-        f"\nwhere {args.handler!r} spends the GIL: {args.events:,} events, py-spy --gil at "
-        f"{args.rate} Hz ({total:,} samples), from the loop's first call until the collector "
-        f"had every event ({load()})"
+        f"\nwhere {args.handler!r} spends its CPU: {args.events:,} events, from the loop's first "
+        f"call until the collector had every event; py-spy --gil at {args.rate} Hz "
+        f"({total:,} samples; {load()})"
     )
     print(
         f"  this run: loop {figures['loop_us']:.2f} us/event wall (slowed by sampling); "
-        f"CPU {figures['cpu_us']:.2f} us/event (process_time, all threads); "
-        f"GIL held {gil_us:.2f} us/event"
+        f"process CPU {figures['cpu_us']:.2f} us/event; GIL held {gil_us:.2f} us/event"
     )
     width = max(len(c) for c in [*categories, "category"])
     heads = " ".join(f"{r:>9}" for r in roles)
-    print(f"\n  {'category':<{width}} {heads}     all  GIL us/event")
-    for cat in [*categories, None]:
-        cells = [_sum(counts, role=r, cat=cat) / total for r in roles]
-        share = _sum(counts, cat=cat) / total
-        shares = " ".join(f"{c:>8.1%} " if c else f"{'-':>8} " for c in cells)
-        print(f"  {cat or 'all':<{width}} {shares}{share:>7.1%} {share * gil_us:>10.2f}")
+    print(f"\n  us of CPU per event\n  {'category':<{width}} {heads}       all  share")
+    split = {
+        (r, c): cpu[r] * _sum(counts, role=r, cat=c) / max(1, _sum(counts, role=r))
+        for r in roles
+        for c in categories
+    }
+    whole = sum(cpu.values())
+    categories.sort(key=lambda c: -sum(split[r, c] for r in roles))
+    for cat in categories:
+        cells = [split[r, cat] for r in roles]
+        row = " ".join(f"{c:>9.2f}" if c >= 0.005 else f"{'-':>9}" for c in cells)
+        print(f"  {cat:<{width}} {row} {sum(cells):>9.2f} {sum(cells) / whole:>6.1%}")
+    row = " ".join(f"{cpu[r]:>9.2f}" for r in roles)
+    print(f"  {'the thread (measured)':<{width}} {row} {whole:>9.2f} {1:>6.1%}")
     print(
-        "  shares of the samples in which a thread of the process held the GIL. app: the\n"
-        "  thread that logs (the logging call, the mapping, the hand-over); the others are\n"
-        "  the handler's threads, by name."
+        "  the thread: its CPU time over the span (pthread_getcpuclockid), per event; split\n"
+        "  by the categories of the samples in which it held the GIL (C code run with the\n"
+        "  GIL released, SQLite's or a socket's, goes with the thread's other work). app:\n"
+        "  the thread that logs; the others are the handler's threads, by name."
     )
 
 
