@@ -171,8 +171,11 @@ def agent_missing() -> str | None:
 def agent(url: str, folder: Path, log: Path, out: dict[str, float]) -> Iterator[None]:
     """``hamustro-logging agent`` on ``folder`` while the block runs; its CPU seconds in ``out``.
 
-    The collector, key and folder go in its ``HAMUSTRO_*`` variables. It is
-    stopped with SIGTERM and reaped with ``os.wait4`` for its CPU time.
+    The collector, key and folder go in its ``HAMUSTRO_*`` variables. The
+    block starts once the agent said on stderr that it started; its CPU
+    until then (the interpreter's start, the imports) is left out of
+    ``out["agent_cpu_s"]``. It is stopped with SIGTERM and reaped with
+    ``os.wait4`` for its CPU time.
     """
     env = os.environ | {
         "HAMUSTRO_COLLECTOR_URL": url,
@@ -183,15 +186,29 @@ def agent(url: str, folder: Path, log: Path, out: dict[str, float]) -> Iterator[
         process = subprocess.Popen(
             [sys.executable, "-m", "hamustro_logging", "agent"], env=env, stderr=stderr
         )
+    deadline = time.monotonic() + 60
+    while not log.read_text().strip() and process.poll() is None:
+        if time.monotonic() > deadline:
+            process.kill()
+            raise RuntimeError("the agent said nothing in 60 s")
+        time.sleep(0.01)
+    started = _cpu_seconds(process.pid)
     try:
         yield
     finally:
         process.send_signal(signal.SIGTERM)
         _, status, usage = os.wait4(process.pid, 0)
         process.returncode = os.waitstatus_to_exitcode(status)
-        out["agent_cpu_s"] = usage.ru_utime + usage.ru_stime
+        out["agent_cpu_s"] = usage.ru_utime + usage.ru_stime - started
         if process.returncode not in (0, -signal.SIGTERM):
             print(f"the agent exited with {process.returncode}: see {log}", file=sys.stderr)
+
+
+def _cpu_seconds(pid: int) -> float:
+    """A running process's CPU time so far (user + system, ``/proc/PID/stat``)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def make_handler(url: str, folder: Path, **options: Any) -> HamustroHandler:
