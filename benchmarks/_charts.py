@@ -109,7 +109,7 @@ def emit_chart(figures: dict[str, Any], command: str, path: Path) -> None:
     _style(axes)
     axes.set_title(
         "Emit cost per handler: what a logging loop costs the app, delivering live\n"
-        f"{figures['events']:,} log.info a loop, median of {figures['rounds']} interleaved "
+        f"{figures['events']:,} log.info a loop, mean of {figures['rounds']} interleaved "
         "rounds; (x) = / the floor (first row)",
         fontsize=11,
         loc="left",

@@ -18,8 +18,9 @@ on all of them alike. In that subprocess:
 3. **the per-call pass**: ``--calls`` more calls, each timed alone with
    ``perf_counter_ns``, then delivered the same way.
 
-Figures, per handler (the median over the rounds; a ratio is taken within a
-round, against the floor's figure of that same round, then the median):
+Figures, per handler (the mean over the rounds; a ratio is the handler's
+mean ÷ the floor's; each round's own ratio to the floor of that round is
+printed too, for the spread):
 
 * **loop**: the loop's wall time ÷ its events: what each ``log.info`` cost
   the app, the handler's background work included (its threads take the
@@ -47,8 +48,8 @@ Handlers (``--handlers`` takes their keys):
   when named in ``--handlers``: its worker writes each event in a
   transaction of its own (a connection opened, a commit), about 100 events/s
   delivered here, so 100,000 events take many minutes;
-* ``default``: ``HamustroHandler`` with the library's defaults (buffered;
-  ``queue_size`` 20), to a local collector (``python -m
+* ``default``: ``HamustroHandler`` with the library's defaults
+  (``queue_size`` 20 included), to a local collector (``python -m
   hamustro_logging.collector``, a subprocess of this script, fresh for each
   run);
 * ``schema2``: ``HamustroHandler(schema=2, env="production")``, the same
@@ -59,7 +60,7 @@ Handlers (``--handlers`` takes their keys):
   reported apart), when the installed package has both; skipped with a
   line saying why otherwise;
 * ``durable``: ``HamustroHandler(durable=True)``, only when named in
-  ``--handlers`` (some 220 µs a call: 100,000 calls take minutes).
+  ``--handlers`` (each call waits for the disk: 100,000 calls take minutes).
 
 ``--json PATH`` writes every figure (and each round's) to ``PATH``, for
 ``run_all.py --plot``.
@@ -372,24 +373,29 @@ RATIOS = ("loop_us", "cpu_us", "median_us", "p99_us")
 
 
 def summarize(keys: list[str], rounds: list[dict[str, dict[str, Any]]]) -> list[dict[str, Any]]:
-    """Per handler: the median over rounds of each figure and of its ratio to that round's floor."""
-    rows = []
+    """Per handler: the mean over rounds of each figure, and its ratio to the floor's mean.
+
+    Means, so that a figure and its ratio agree (a ratio of medians taken
+    from different rounds would not); each round's own ratio is kept too,
+    for the spread.
+    """
+    rows: list[dict[str, Any]] = []
     for key in keys:
         runs = [r[key] for r in rounds]
         row: dict[str, Any] = {"key": key, "name": NAMES[key], "rounds": runs}
         for name in {n for run in runs for n, v in run.items() if isinstance(v, int | float)}:
             values = [run[name] for run in runs if run.get(name) is not None]
             if values and not isinstance(values[0], bool):
-                row[name] = statistics.median(values)
+                row[name] = statistics.fmean(values)
+        floor = rows[0] if rows else row  # keys[0] is the floor
         for name in RATIOS:
-            ratios = [
-                r[key][name] / r["floor"][name]
-                for r in rounds
-                if r[key].get(name) is not None and r["floor"].get(name)
-            ]
-            if ratios:
-                row[f"{name}_ratio"] = statistics.median(ratios)
-                row[f"{name}_ratios"] = ratios
+            if row.get(name) is not None and floor.get(name):
+                row[f"{name}_ratio"] = row[name] / floor[name]
+                row[f"{name}_ratios"] = [
+                    r[key][name] / r["floor"][name]
+                    for r in rounds
+                    if r[key].get(name) is not None and r["floor"].get(name)
+                ]
         row["all_delivered"] = all(run["all_delivered"] for run in runs)
         rows.append(row)
     return rows
@@ -397,7 +403,7 @@ def summarize(keys: list[str], rounds: list[dict[str, dict[str, Any]]]) -> list[
 
 def print_tables(rows: list[dict[str, Any]], args: argparse.Namespace, note: str) -> None:
     print(
-        f"\nemit cost as the app feels it: {args.events:,} events a loop, median of "
+        f"\nemit cost as the app feels it: {args.events:,} events a loop, mean of "
         f"{args.rounds} interleaved rounds, each handler in a fresh process "
         f"(Python {sys.version.split()[0]}; {note})"
     )
@@ -414,8 +420,8 @@ def print_tables(rows: list[dict[str, Any]], args: argparse.Namespace, note: str
     print(
         "  loop/event: the loop's wall time / its events. CPU/event: the process's CPU (all\n"
         "  threads) from the loop's first call until the peer had all its events, / events.\n"
-        "  call median, p99: a separate pass, each call timed alone. x: / the floor (first\n"
-        "  row), within each round."
+        "  call median, p99: a separate pass, each call timed alone. Each figure: the mean\n"
+        "  of the rounds; x: / the floor's (the first row's)."
     )
     print("\n  loop/event / the floor, round by round:")
     for row in rows:
@@ -455,7 +461,7 @@ def main() -> None:
     parser.add_argument(
         "--handlers",
         default=",".join(DEFAULT_KEYS),
-        help=f"comma-separated keys among {', '.join(NAMES)} (default: all but durable)",
+        help=f"comma-separated keys among {', '.join(NAMES)} (default: {', '.join(DEFAULT_KEYS)})",
     )
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the figures here")
     parser.add_argument("--quick", action="store_true", help="small sizes, a smoke run")
@@ -474,8 +480,7 @@ def main() -> None:
     unknown = [k for k in keys if k not in NAMES]
     if unknown:
         parser.error(f"unknown handler key(s): {', '.join(unknown)}")
-    if "floor" not in keys:
-        keys.insert(0, "floor")  # every ratio is to it
+    keys = ["floor", *(k for k in keys if k != "floor")]  # every ratio is to it
     skipped: dict[str, str] = {}
     try:
         import logstash_async  # noqa: F401
