@@ -15,16 +15,31 @@ What a pass does with each answer (the rules themselves are in ``retry.py``):
   with a backoff of its own while the other sessions go on;
 * retry: the batch is given back and the whole delivery backs off (the
   collector, the network or the configuration is at fault, not one batch).
+
+A full disk (filled by another file: the queue's own floor keeps room for
+its deletes) stops no delivery, and nothing raises out of a pass:
+
+* a claim that cannot write its leases claims in memory instead, under the
+  folder's send lock (:mod:`hamustro_logging.sendlock`: no other process
+  sends meanwhile), and sends;
+* a delete (or a move to the rejected area) that cannot be written is owed:
+  the batch is remembered in memory, its chunks are not claimed again by
+  this sender, and the delete is tried again before every claim. The events
+  are counted in ``stats()`` once the delete lands. If the process ends
+  first, they stay in the queue and are sent again by the next run (a
+  duplicate, counted in ``resent`` when the claim could write its attempt);
+* one line says it, and what to do: free space on that disk.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from .queue import Batch, Queue, Settled, new_owner
+from .mapping import describe
+from .queue import Batch, Queue, Settled, disk_full, new_owner
 from .report import Reporter
 from .retry import Action, Backoff, decide, explain
 from .stats import Stats
@@ -41,9 +56,22 @@ _LEASE_MARGIN = 30.0
 
 @dataclass(frozen=True)
 class DrainResult:
+    """What a pass did: events delivered (and deleted), whether a send or a store failed,
+    and the events left to send (those whose delete is owed are sent; -1: unknown,
+    the queue could not be read)."""
+
     sent: int
     failed: bool
     left: int
+
+
+@dataclass(frozen=True)
+class _Owed:
+    """A batch sent (or split) whose settling could not be written: a full disk."""
+
+    batch: Batch
+    verdicts: tuple[bool | None, ...]
+    kept_maybe_sent: bool
 
 
 class Delivery:
@@ -80,6 +108,10 @@ class Delivery:
         #: its messages do not promise a next try.
         self.one_shot = False
         self._held: dict[str, tuple[Backoff, float]] = {}  # session -> backoff, held until
+        #: Settlings a full disk refused, in the order they were due (see the module's doc).
+        self._owed: list[_Owed] = []
+        #: Claims go in memory (the last claim could not write its leases).
+        self._unleased = False
         self._lock = threading.Lock()
 
     def drain(self, deadline: float | None = None, force: bool = False) -> DrainResult:
@@ -87,52 +119,147 @@ class Delivery:
 
         ``deadline`` is a ``time.monotonic()`` value; ``force`` ignores the
         backoff (an explicit flush). Returns what was sent and what is left.
+        Never raises: a queue that cannot be read or written (a full disk, a
+        lock held too long, a folder gone) ends the pass, said on stderr.
         """
-        sent = 0
-        failed = False
         with self._lock:
-            queue = self._queue()
-            now = time.monotonic()
-            if not force and now < self.retry_at:
-                return DrainResult(0, True, queue.pending_count())
-            # What is pending now, not what the app adds while we send: a pass
-            # that chased a busy producer would post a request per new event.
-            budget = queue.pending_count()
-            # Sessions held back after their collection was refused (an
-            # explicit flush tries each once more).
-            held = {s for s, (_, until) in self._held.items() if until > now and not force}
-            while budget > 0 and (deadline is None or time.monotonic() < deadline):
-                batch = queue.claim(
-                    self.owner,
-                    self.lease_seconds,
-                    self.max_batch_events,
-                    self.max_batch_bytes,
-                    destination=self.destination,
-                    skip=held,
-                )
-                if batch is None:
-                    break
-                budget -= batch.count
-                done, answer = self._send(queue, batch, deadline)
-                sent += done.sent
-                self._count(done)
-                if answer.ok:
-                    self.backoff.reset()
-                    self.retry_at = 0.0
-                    if self._held.pop(batch.session, None) is not None:
-                        self.reporter.recovered(
-                            f"session {batch.session}", "the collector accepts that session again"
-                        )
-                    self.reporter.recovered("send", "the collector accepts events again")
-                elif answer.status == 400:  # the collection itself refused: hold that session
-                    failed = True
-                    held.add(batch.session)
-                    self._hold(batch, answer)
-                else:
-                    self._failed(batch, answer)
-                    failed = True
-                    break
-        return DrainResult(sent, failed, queue.pending_count())
+            sent = 0
+            failed = False
+            queue: Queue | None = None
+            try:
+                queue = self._queue()
+                sent, failed = self._pass(queue, deadline, force)
+            except Exception as exc:
+                failed = True
+                self._storage_failed(exc)
+            return DrainResult(sent, failed, self._left(queue))
+
+    def _pass(self, queue: Queue, deadline: float | None, force: bool) -> tuple[int, bool]:
+        """The pass itself, under the lock: (events delivered, whether it failed)."""
+        sent = self._settle_owed(queue)
+        now = time.monotonic()
+        if not force and now < self.retry_at:
+            return sent, True
+        # What is pending now, not what the app adds while we send: a pass
+        # that chased a busy producer would post a request per new event.
+        budget = queue.pending_count() - self._owed_events()
+        # Sessions held back after their collection was refused (an
+        # explicit flush tries each once more).
+        held = {s for s, (_, until) in self._held.items() if until > now and not force}
+        failed = False
+        while budget > 0 and (deadline is None or time.monotonic() < deadline):
+            batch = self._claim(queue, held)
+            if batch is None:
+                break
+            budget -= batch.count
+            done, answer = self._send(queue, batch, deadline)
+            sent += done.sent
+            self._count(done)
+            if answer.ok:
+                self.backoff.reset()
+                self.retry_at = 0.0
+                if self._held.pop(batch.session, None) is not None:
+                    self.reporter.recovered(
+                        f"session {batch.session}", "the collector accepts that session again"
+                    )
+                self.reporter.recovered("send", "the collector accepts events again")
+            elif answer.status == 400:  # the collection itself refused: hold that session
+                failed = True
+                held.add(batch.session)
+                self._hold(batch, answer)
+            else:
+                self._failed(batch, answer)
+                return sent, True
+        return sent, failed
+
+    def _left(self, queue: Queue | None) -> int:
+        """Events left to send: pending in the queue, less those sent whose delete is owed."""
+        try:
+            if queue is None:
+                return -1
+            return max(0, queue.pending_count() - self._owed_events())
+        except Exception:
+            return -1
+
+    # -- a full disk: claims in memory, deletes owed ------------------------------------
+
+    def _claim(self, queue: Queue, held: set[str]) -> Batch | None:
+        """The next batch: leased, or claimed in memory while the disk refuses leases."""
+        exclude = {key for owed in self._owed for key in owed.batch.keys}
+        if not self._unleased:
+            try:
+                return queue.claim(
+                    self.owner, self.lease_seconds, self.max_batch_events,
+                    self.max_batch_bytes, destination=self.destination, skip=held,
+                    exclude=exclude,
+                )  # fmt: skip
+            except Exception as exc:
+                if not disk_full(exc):
+                    raise
+                self._disk_full(queue, exc)
+                if not queue.hold_sending():
+                    return None  # another process sends without leases: it goes on alone
+                self._unleased = True
+        return queue.claim(
+            self.owner, self.lease_seconds, self.max_batch_events, self.max_batch_bytes,
+            destination=self.destination, skip=held, exclude=exclude, lease=False,
+        )  # fmt: skip
+
+    def _settle(
+        self,
+        queue: Queue,
+        batch: Batch,
+        verdicts: Sequence[bool | None],
+        kept_maybe_sent: bool = False,
+    ) -> Settled:
+        """``queue.settle``; on a full disk the settling is owed (counted when it lands)."""
+        try:
+            return queue.settle(batch, verdicts, kept_maybe_sent)
+        except Exception as exc:
+            if not disk_full(exc):
+                raise
+            self._owed.append(_Owed(batch, tuple(verdicts), kept_maybe_sent))
+            self._disk_full(queue, exc)
+            return Settled()
+
+    def _settle_owed(self, queue: Queue) -> int:
+        """Write the settlings a full disk refused, oldest first; events delivered by them."""
+        sent = 0
+        while self._owed:
+            owed = self._owed[0]
+            try:
+                done = queue.settle(owed.batch, owed.verdicts, owed.kept_maybe_sent)
+            except Exception as exc:
+                if not disk_full(exc):
+                    raise
+                return sent
+            self._owed.pop(0)
+            self._count(done)
+            sent += done.sent
+        if self._unleased:
+            self._unleased = False
+            queue.let_go_sending()
+        self.reporter.recovered("disk", "the queue's disk has room again; owed deletes are done")
+        return sent
+
+    def _owed_events(self) -> int:
+        return sum(v is not False for owed in self._owed for v in owed.verdicts)
+
+    def _disk_full(self, queue: Queue, exc: BaseException) -> None:
+        self.reporter.problem(
+            "disk",
+            f"the disk of the queue in {queue.directory} is full ({describe(exc)}): events are "
+            "still sent, but what was delivered cannot be deleted from the queue until there "
+            "is room; free some space on that disk (something other than the queue filled "
+            "it: the queue stops storing at min_free_bytes)",
+            f"; {self._owed_events()} delivered events wait in memory to be deleted",
+        )
+
+    def _storage_failed(self, exc: BaseException) -> None:
+        """A pass ended because the queue could not be read or written: say it, never raise."""
+        message = f"the queue could not be used: {describe(exc)}"
+        self.stats.failed(message)
+        self.reporter.problem("queue", f"sending stopped: {message}", "; the events stay on disk")
 
     def give_back(self) -> int:
         """Release every lease this sender holds (it stops with a request in flight)."""
@@ -146,11 +273,20 @@ class Delivery:
         answer = self.transport.post(batch.body, deadline=deadline)
         action = decide(answer)
         if action is Action.DELIVERED:
-            return queue.ack(batch), answer
+            return self._settle(queue, batch, [True] * batch.count), answer
         if action is Action.SPLIT:
             return self._split(queue, batch, answer, deadline)
-        queue.release(batch, maybe_sent=answer.status is None and answer.sent)
+        self._release(queue, batch, maybe_sent=answer.status is None and answer.sent)
         return Settled(), answer
+
+    def _release(self, queue: Queue, batch: Batch, maybe_sent: bool = False) -> None:
+        """``queue.release``; on a full disk the leases are left to expire (nothing was sent)."""
+        try:
+            queue.release(batch, maybe_sent=maybe_sent)
+        except Exception as exc:
+            if not disk_full(exc):
+                raise
+            self._disk_full(queue, exc)
 
     def _split(
         self, queue: Queue, batch: Batch, first: Answer | None, deadline: float | None
@@ -175,7 +311,11 @@ class Delivery:
             if answer is None:
                 if hi - lo > 1 and size > self.max_batch_bytes:
                     return halves(lo, hi)  # known too large: no need to ask
-                queue.renew(batch, self.lease_seconds)
+                try:
+                    queue.renew(batch, self.lease_seconds)
+                except Exception as exc:  # a full disk: the lease we have must do
+                    if not disk_full(exc):
+                        raise
                 body = batch.header + b"".join(frame for _, frame in frames[lo:hi])
                 answer = self.transport.post(body, deadline=deadline)
             action = decide(answer)
@@ -202,10 +342,10 @@ class Delivery:
         if status == 400 and len(frames) > 1 and True not in verdicts and stop is None:
             # Not one part was accepted: the collection itself is refused (its
             # header), not some events. Keep them all pending.
-            queue.release(batch)
+            self._release(queue, batch)
             return Settled(), Answer(400)
-        done = queue.settle(
-            batch, verdicts, kept_maybe_sent=stop is not None and stop.status is None and stop.sent
+        done = self._settle(
+            queue, batch, verdicts, stop is not None and stop.status is None and stop.sent
         )
         if done.rejected:
             refused = [nr for (nr, _), ok in zip(frames, verdicts, strict=True) if ok is False]

@@ -35,6 +35,7 @@ pickled, and :class:`SafeDisk` refuses to unpickle what a tampered file holds):
 ``s/pending``, ``s/pending_bytes``          unsent events and their bytes (int)
 ``s/last_sync``                             epoch milliseconds of the last 200 (int)
 ``s/rejected``, ``s/aside``                 rows in ``r/`` and in ``x/`` (int)
+``s/salvage/{file name}``                   a set-aside database being carried: rowid read to (int)
 =========================================  =======================================
 
 ``hid`` is a short hash of the destination and the header, so events keep
@@ -60,12 +61,13 @@ How sending is shared out (:meth:`Queue.claim`):
   match its hash) is moved to ``x/`` (counted, exportable) and the claim goes
   on with the rest. Counters that cannot be read are rebuilt from the rows.
   A database SQLite reports as corrupt is set aside and what can be read of it
-  is carried into a fresh one (:meth:`Queue._salvage`).
+  is carried into a fresh one, a bounded slice at a time (:meth:`Queue._salvage`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import functools
 import json
@@ -83,7 +85,8 @@ import diskcache.core
 
 from . import folder
 from .owners import lease_held, new_owner, token_owner
-from .salvage import readable_rows
+from .salvage import SALVAGE_SECONDS, known_numbers, read_slice
+from .sendlock import SendLock
 from .wire import UINT32_MAX, encode_payloads, iter_frames, md5hex, number_bodies
 
 __all__ = [
@@ -99,6 +102,7 @@ __all__ = [
     "SafeDisk",
     "SessionInfo",
     "Settled",
+    "disk_full",
     "lease_held",
     "new_owner",
     "parse_chunk_key",
@@ -110,6 +114,11 @@ _PENDING_BYTES = "s/pending_bytes"
 _LAST_SYNC = "s/last_sync"
 _REJECTED = "s/rejected"
 _ASIDE = "s/aside"
+#: Followed by a set-aside file's name: the rowid up to which it has been carried.
+_SALVAGE = "s/salvage/"
+#: Between two slices of a salvage at claims: this many times ``salvage_seconds``
+#: (a sender spends at most about a tenth of its time on it).
+_SALVAGE_PAUSE = 10
 _DB = "cache.db"
 #: How far numbering jumps in a database found behind the numbers a process
 #: knows (see Queue._carry_numbers): more than any app hands out between two
@@ -215,6 +224,8 @@ class Batch:
     data: bytes
     count: int
     token: str
+    #: False: claimed in memory, no lease written (a full disk; see ``Queue.claim``).
+    leased: bool = True
 
     @property
     def body(self) -> bytes:
@@ -384,6 +395,17 @@ def _gated(method: _F) -> _F:
     return cast(_F, gated)
 
 
+def disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` says the disk (or the user's quota) is full.
+
+    SQLite's "database or disk is full" (SQLITE_FULL), or an ``OSError``
+    with ENOSPC or EDQUOT.
+    """
+    if isinstance(exc, sqlite3.OperationalError):
+        return getattr(exc, "sqlite_errorcode", None) == 13 or "disk is full" in str(exc)
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
 def _is_corruption(exc: BaseException) -> bool:
     """SQLite's "database disk image is malformed" / "file is not a database".
 
@@ -447,13 +469,20 @@ def _frame_count(value: bytes) -> int:
 
 
 @contextlib.contextmanager
-def _folder_lock(directory: str) -> Iterator[None]:
-    """An exclusive lock on the folder across processes (for setting a database aside)."""
+def _folder_lock(directory: str, wait: bool = True) -> Iterator[bool]:
+    """An exclusive lock on the folder across processes (for setting a database aside).
+
+    Yields whether it is held: without ``wait``, False at once if another holds it.
+    """
     path = os.path.join(directory, "salvage.lock")
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
     finally:
         os.close(fd)
 
@@ -526,6 +555,7 @@ class Queue:
         carry_numbers: Mapping[str, int] | None = None,
         notify: Callable[[str], None] | None = None,
         open_timeout: float | None = None,
+        salvage_seconds: float = SALVAGE_SECONDS,
     ) -> None:
         self.directory = os.fspath(directory)
         self.chunk_events = chunk_events
@@ -546,7 +576,13 @@ class Queue:
         self._registered: dict[tuple[str, str], tuple[bytes, str | None]] = {}
         #: The last nr this object handed out or saw, per session (never reused).
         self._known: dict[str, int] = dict(carry_numbers or {})
+        self.salvage_seconds = salvage_seconds
+        #: A set-aside database may still hold rows to carry (looked at when
+        #: opening, then at claims, no more often than each ``_salvage_at``).
+        self._salvaging = True
+        self._salvage_at = 0.0
         self._folder_id = folder.open_private(self.directory)  # refuses a folder others can write
+        self._send_lock = SendLock(self.directory)
         self._open_deadline = time.monotonic() + (timeout if open_timeout is None else open_timeout)
         with self._gate():
             try:
@@ -557,6 +593,7 @@ class Queue:
                 self._db_id = _file_id(self._path)
                 self._salvage(str(exc))
             self._carry_numbers()
+            self._resume_salvage()
 
     def _notify(self, line: str) -> None:
         """Say ``line`` once this thread has released the fork gate.
@@ -1171,6 +1208,8 @@ class Queue:
         *,
         destination: str | None = None,
         skip: Container[str] = (),
+        exclude: Container[str] = (),
+        lease: bool = True,
     ) -> Batch | None:
         """Lease unleased chunks of one group (session and header), up to the limits.
 
@@ -1178,10 +1217,44 @@ class Queue:
         claimed last and wraps around. Skipped: groups of a session in
         ``skip`` (the caller holds them back), groups logged for another
         ``destination`` (when given; groups written before destinations
-        existed go to any sender), chunks leased by a live sender. Returns
-        ``None`` when nothing is left to claim. At least one chunk is
-        claimed even if it alone exceeds a limit.
+        existed go to any sender), chunks leased by a live sender, chunk
+        keys in ``exclude`` (sent, their delete owed). Returns ``None`` when
+        nothing is left to claim, or while another process sends without
+        leases. At least one chunk is claimed even if it alone exceeds a limit.
+
+        ``lease=False`` (a full disk: no lease can be written) claims in
+        memory, writing nothing; only while this object holds the folder's
+        send lock (:meth:`hold_sending`), so no other sender claims the same.
         """
+        self._resume_salvage()
+        if not lease and not self._send_lock.held:
+            raise RuntimeError("claim(lease=False) without hold_sending()")
+        with self._send_lock.shared() as others_lease:
+            if not others_lease:
+                return None
+            return self._claim(
+                owner, lease_seconds, max_events, max_bytes, destination, skip, exclude, lease
+            )
+
+    def hold_sending(self) -> bool:
+        """Take the folder's send lock (to claim without leases); False if another holds it."""
+        return self._send_lock.hold()
+
+    def let_go_sending(self) -> None:
+        """Drop the send lock taken by :meth:`hold_sending` (no unleased batch is left)."""
+        self._send_lock.release()
+
+    def _claim(
+        self,
+        owner: str,
+        lease_seconds: float,
+        max_events: int,
+        max_bytes: int,
+        destination: str | None,
+        skip: Container[str],
+        exclude: Container[str],
+        lease: bool,
+    ) -> Batch | None:
         token = f"{owner}/{time.time_ns()}"
         now = _now_ms()
         gone: dict[str, bool] = {}
@@ -1212,7 +1285,7 @@ class Queue:
                         if group is None and not self._claimable(session, hid, destination, skip):
                             lo = f"e/{session}/{hid}0"  # on to the next group
                             break
-                        if not self._lease_free(key, now, gone):
+                        if key in exclude or not self._lease_free(key, now, gone):
                             continue
                         value = self._chunk(key, n)
                         if value is None:
@@ -1235,18 +1308,21 @@ class Queue:
             if group is None:
                 return None
             expiry = now + int(lease_seconds * 1000)
-            for key in keys:
+            for key in keys if lease else ():
                 cache.set("l/" + key, f"{token}|{expiry}")
                 # An attempt, counted before the request goes out.
                 cache.set("m/" + key, (self._int("m/" + key) or 0) + 1)
             self._cursor = f"e/{group[0]}/{group[1]}0"
-        return Batch(group[0], group[1], tuple(keys), header, b"".join(data), count, token)
+        return Batch(group[0], group[1], tuple(keys), header, b"".join(data), count, token, lease)
 
-    def _mine(self, key: str, token: str) -> bool:
+    def _mine(self, key: str, token: str, leased: bool = True) -> bool:
+        """Whether the chunk is still ours: our lease; for an unleased batch, no lease at all."""
         try:
             value = self._cache.get("l/" + key)
         except QueueCorrupt:
             return False
+        if not leased:
+            return value is None
         return isinstance(value, str) and value.rpartition("|")[0] == token
 
     @_gated
@@ -1278,7 +1354,7 @@ class Queue:
             for key in batch.keys:
                 session, hid, _, n = _parse_chunk_key(key)
                 chunk = [next(frames) for _ in range(n)]
-                if not self._mine(key, batch.token):
+                if not self._mine(key, batch.token, batch.leased):
                     continue
                 attempts = self._int("m/" + key) or 1
                 for key_ in (key, "l/" + key, "m/" + key):
@@ -1311,8 +1387,10 @@ class Queue:
         ``maybe_sent``: the request went out but no answer came (a timeout or
         a reset), so the collector may have stored it; the attempt the claim
         counted stays, and a later delivery counts as a resend. Otherwise the
-        attempt is taken back.
+        attempt is taken back. A batch claimed without leases has nothing to give back.
         """
+        if not batch.leased:
+            return
         with self._transaction():
             cache = self._cache  # read under the gate: a salvage may have replaced it
             for key in batch.keys:
@@ -1328,6 +1406,8 @@ class Queue:
     @_gated
     def renew(self, batch: Batch, lease_seconds: float) -> None:
         """Extend our leases on ``batch`` (a long bisection needs more time)."""
+        if not batch.leased:
+            return
         expiry = _now_ms() + int(lease_seconds * 1000)
         with self._transaction():
             cache = self._cache  # read under the gate: a salvage may have replaced it
@@ -1528,16 +1608,23 @@ class Queue:
     @_gated
     def close(self) -> None:
         """Close this thread's SQLite connection (others close with their threads)."""
+        self._send_lock.release()
         self._cache.close()
 
     # -- a database SQLite reports as corrupt ------------------------------------
 
     def _salvage(self, error: str) -> None:
-        """Set a corrupt database aside and carry what can be read of it into a fresh one.
+        """Set a corrupt database aside, and carry a first slice of what can be read of it.
 
         Under a lock on the folder, so two processes that notice together do
         not each set aside the other's fresh database: the one that comes
-        second finds the file replaced and only reopens.
+        second finds the file replaced and only reopens. Before any row is
+        carried, numbering jumps past every number the file shows (its
+        counters and chunk keys, read through its key index), so a row
+        carried by a later slice never meets a number given meanwhile. One
+        slice reads for at most about ``salvage_seconds``: a large or badly
+        damaged file is carried over later opens and claims
+        (:meth:`_resume_salvage`); it stays as ``cache.db.corrupt-<time>``.
         """
         with self._gate(), _folder_lock(self.directory):
             with contextlib.suppress(Exception):
@@ -1552,30 +1639,97 @@ class Queue:
             self._cache = self._open_cache()
             self._headers.clear()
             self._tail = None
-            carried = self._carry_rows(aside)
+            name = os.path.basename(aside)
+            for session, nr in known_numbers(aside, self.timeout).items():
+                self._known[session] = max(self._known.get(session, 0), nr)
+            self._carry_numbers()
+            with self._transaction():
+                self._cache.set(_SALVAGE + name, 0)
+            carried, done = self._carry_slice(name) or (0, True)
+            self._salvage_at = time.monotonic() + _SALVAGE_PAUSE * self.salvage_seconds
             self._carry_numbers()
             for (session, _), (header, destination) in list(self._registered.items()):
                 self.register_header(session, header, destination)
+        later = "" if done else "; the rest is carried over at the next opens and sends"
         self._notify(
             f"the queue database in {self.directory} is corrupt ({error}); set it aside as "
-            f"{os.path.basename(aside)} and carried {carried} readable rows into a new one"
+            f"{name} and carried {carried} readable rows into a new one{later}"
         )
 
-    def _carry_rows(self, path: str) -> int:
-        """Copy every readable row of ours from the database at ``path``; return how many."""
-        rows = readable_rows(path, KEY_PREFIXES, self.timeout)
+    def _resume_salvage(self) -> None:
+        """Carry one more slice of a set-aside database not finished yet, if it is time.
+
+        At every open, then at claims no more often than every
+        ``_SALVAGE_PAUSE`` slices' time. Skipped while another process (or
+        thread) carries one. A failure to write (a full disk, a lock held
+        too long) leaves the rest for a later try.
+        """
+        now = time.monotonic()
+        if not self._salvaging or now < self._salvage_at:
+            return
+        self._salvage_at = now + _SALVAGE_PAUSE * self.salvage_seconds
+        names = [key[len(_SALVAGE) :] for key in self._keys_with(_SALVAGE)]
+        self._salvaging = bool(names)
+        if not names:
+            return
+        try:
+            with _folder_lock(self.directory, wait=False) as held:
+                if not held:
+                    return
+                carried = self._carry_slice(names[0])
+                self._carry_numbers()
+        except (OSError, sqlite3.OperationalError, diskcache.Timeout):
+            return
+        if carried is not None and carried[1]:
+            self._notify(
+                f"carried what could be read of {names[0]} (a corrupt database set aside) "
+                f"into the queue in {self.directory}"
+            )
+
+    def _carry_slice(self, name: str) -> tuple[int, bool] | None:
+        """Carry the next slice of the set-aside database ``name``: (rows carried, finished).
+
+        None if there is nothing to carry (finished by another process, the
+        file removed). Under the folder lock. The rows and the new position
+        are written in one transaction, so a row is never carried twice (it
+        could have been sent and deleted since); a row the new database has
+        already is left as it is there.
+        """
+        key = _SALVAGE + name
+        position = self._int(key, -1)
+        path = os.path.join(self.directory, name)
+        if position == -1:
+            return None
+        if position is None or not os.path.isfile(path):  # unreadable marker, or file removed
+            with self._transaction():
+                self._cache.delete(key)
+            return None
+        got = read_slice(path, KEY_PREFIXES, position, self.salvage_seconds, self.timeout)
+        carried = pending = size = rejected = aside = 0
         with self._transaction():
-            for key, value in rows:
-                if key.startswith("n/"):
-                    session = key[2:]
-                    if isinstance(value, int):
-                        self._known[session] = max(self._known.get(session, 0), value)
+            cache = self._cache
+            if self._int(key, -1) != position:
+                return 0, False  # carried meanwhile by someone that did not take the lock
+            for row, value in got.rows:
+                if row.startswith("n/"):
+                    if type(value) is int:
+                        self._known[row[2:]] = max(self._known.get(row[2:], 0), value)
                     continue
-                self._cache.set(key, value)
-            for key in list(self._keys_with("e/")) + list(self._keys_with("r/")):
-                parsed = parse_chunk_key(key)
+                if not cache.add(row, value):
+                    continue
+                carried += 1
+                parsed = parse_chunk_key(row) if row[:2] in ("e/", "r/") else None
                 if parsed is not None:
                     last_nr = parsed[2] + parsed[3] - 1
                     self._known[parsed[0]] = max(self._known.get(parsed[0], 0), last_nr)
-            self._rebuild_counters()
-        return len(rows)
+                if parsed is not None and row.startswith("e/"):
+                    pending += parsed[3]
+                    size += len(value) if isinstance(value, bytes) else 0
+                rejected += parsed is not None and row.startswith("r/")
+                aside += row.startswith("x/")
+            self._bump(pending=pending, size=size, rejected=rejected, aside=aside)
+            if got.done:
+                cache.delete(key)
+            else:
+                cache.set(key, got.position)
+        return carried, got.done

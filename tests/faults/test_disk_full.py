@@ -1,15 +1,19 @@
-"""Issue 10: a disk filled by the queue itself must still drain.
+"""Issue 10: a disk filled by the queue itself must still drain; issue 21: and by another file.
 
-The free-space floor against the real disk of ``tmp_path``, and a real 4 MiB
-tmpfs filled by the queue while the collector is down (skipped where this
-process may not mount one).
+The free-space floor against the real disk of ``tmp_path``; a real 4 MiB
+tmpfs filled by the queue while the collector is down; a real 16 MiB tmpfs
+that another file fills to the last byte (a real ENOSPC) under a queue with
+events to send. The tmpfs tests are skipped where this process may not mount
+one; each mounts and unmounts its own, under ``tmp_path``.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import subprocess
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -81,13 +85,12 @@ def test_the_handler_keeps_events_in_memory_under_the_floor_and_says_why(
     assert sorted(e["event"] for e in received) == ["before"] * 5 + ["kept"] * 3
 
 
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A real 4 MiB filesystem (tmpfs), mounted for the test."""
+def mounted(tmp_path: Path, size: str) -> Iterator[Path]:
+    """A real filesystem (tmpfs) of ``size``, mounted under tmp_path for the test."""
     mount = tmp_path / "small"
     mount.mkdir()
     done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs", str(mount)],
+        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(mount)],
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     if done.returncode != 0:
@@ -96,6 +99,31 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         yield mount
     finally:
         subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real 4 MiB filesystem (tmpfs)."""
+    yield from mounted(tmp_path, "4m")
+
+
+@pytest.fixture
+def disk_16m(tmp_path: Path) -> Iterator[Path]:
+    """A real 16 MiB filesystem (tmpfs)."""
+    yield from mounted(tmp_path, "16m")
+
+
+def fill_up(disk: Path) -> Path:
+    """Another file takes every byte left on ``disk`` (a real ENOSPC after it); its path."""
+    filler = disk / "someone-elses-file"
+    with open(filler, "wb", buffering=0) as f:
+        for block in (1 << 20, 4096, 1):
+            try:
+                while True:
+                    f.write(b"\0" * block)
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC, exc
+    return filler
 
 
 def test_a_small_disk_filled_by_the_queue_drains_when_the_collector_is_back(
@@ -131,3 +159,34 @@ def test_a_small_disk_filled_by_the_queue_drains_when_the_collector_is_back(
             assert t.flush(timeout=10) is True
             received = collector.wait_for(stored + 1)
     assert sorted(e["user_id"] for e in received) == [*range(stored), 10**6]
+
+
+def test_a_disk_another_file_filled_still_delivers_each_event_once(
+    disk_16m: Path, collector: DevCollector, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Sending needs no disk: a full disk stops no delivery, and nothing raises."""
+    folder = disk_16m / "queue"
+    n = 5000
+    config = tracker_config(collector, folder, queue_size=10**6, min_free_bytes=1 << 20)
+    with ClientTracker(**config) as t:
+        for i in range(n):
+            t.track_event("e", user_id=i, params={"pad": "p" * 100})
+        session = t.session
+        filler = fill_up(disk_16m)
+
+        assert t.flush(timeout=120) is True  # everything is sent; no exception
+        received = collector.wait_for(n)
+        assert Counter(e["nr"] for e in received) == Counter(range(1, n + 1))  # each once
+        assert {e["session"] for e in received} == {session}
+        err = capfd.readouterr().err
+        # Said once, with what to do (the test is void if the disk never refused a write).
+        assert len([line for line in err.splitlines() if "is full" in line]) == 1, err
+        assert "free some space on that disk" in err
+        assert t.stats()["pending"] > 0  # what was sent waits to be deleted
+
+        filler.unlink()  # space is back: the owed deletes are written
+        assert t.flush(timeout=30) is True
+        stats = t.stats()
+        assert (stats["pending"], stats["sent"], stats["resent"]) == (0, n, 0)
+        assert "room again" in capfd.readouterr().err
+    assert len(collector.events()) == n  # nothing sent again
