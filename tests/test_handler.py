@@ -441,7 +441,8 @@ def test_hanging_collector_does_not_block_emit_or_close(
     collector: DevCollector, make_handler: MakeHandler, attach: Attach, tmp_path: Path
 ) -> None:
     collector.hang_next(1, seconds=60)
-    handler = make_handler(collector.url, timeout=(1, 2), queue_size=1, close_timeout=1)
+    close_timeout = 2.0
+    handler = make_handler(collector.url, timeout=(1, 2), queue_size=1, close_timeout=close_timeout)
     log = attach("hang.app", handler)
     log.info("first", extra={"event": "hang.first"})
     # The send thread is stuck once the first event is claimed (leased) for its POST.
@@ -454,14 +455,18 @@ def test_hanging_collector_does_not_block_emit_or_close(
     finally:
         queue.close()
 
-    started = time.monotonic()
     for i in range(100):
         log.info("more", extra={"event": "hang.more", "params": {"i": i}})
-    assert time.monotonic() - started < 2  # generous: emit never waits for the sender
+    # The hung POST has not even timed out (its read timeout is 2 s): the
+    # emits did not wait for it.
+    assert handler.stats()["failed_attempts"] == 0
 
     started = time.monotonic()
     handler.close()
-    assert time.monotonic() - started < 1 + 1.5  # close_timeout plus a margin
+    took = time.monotonic() - started
+    # close_timeout, and as much again for the threads to stop (a close that
+    # waited two close_timeouts or more fails).
+    assert took < 2 * close_timeout, f"close() took {took:.1f} s"
     assert handler.stats()["dropped"] == {}
     assert pending_in(tmp_path / "q") == 101  # nothing lost: all on disk
     assert collector.events() == []
@@ -480,14 +485,16 @@ def test_flaky_collector_loses_nothing(
     log = attach("flaky.app", handler)
     for i in range(20):
         log.info("e", extra={"event": "flaky", "params": {"i": i}})
-    events = collector.wait_for(20, timeout=30)
-    assert set(keys(events)) == {(SESSION, nr) for nr in range(1, 21)}
+    collector.wait_for(20, timeout=30)
     answered = collector.answered()
     assert answered[500] == 2
     assert answered[503] == 1
     assert answered[200] >= 1
     assert handler.flush(timeout=10) is True
     assert handler.stats()["failed_attempts"] >= 4
+    # Each event once: none of the failures stored anything (a dropped
+    # connection is closed before the collector stores), so none is sent twice.
+    assert sorted(keys(collector.events())) == [(SESSION, nr) for nr in range(1, 21)]
 
 
 def test_answer_lost_after_storing_may_duplicate_but_never_loses(
@@ -501,8 +508,8 @@ def test_answer_lost_after_storing_may_duplicate_but_never_loses(
     assert handler.flush(timeout=10) is False  # stored, but the answer never came
     assert handler.flush(timeout=10) is True
     events = collector.events()
-    assert set(keys(events)) == {(SESSION, nr) for nr in range(1, 6)}
-    assert len(events) == 10  # the unanswered batch was sent again: twice each
+    # The unanswered batch was sent again: twice each, counted below.
+    assert sorted(keys(events)) == sorted([(SESSION, nr) for nr in range(1, 6)] * 2)
     stats = handler.stats()
     assert stats["pending"] == 0
     assert stats["sent"] == 5

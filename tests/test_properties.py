@@ -5,10 +5,16 @@ inside params, out-of-range ids), ``build_event`` and ``HamustroHandler.map_reco
 either raise :class:`EventError` with one line naming one of the five fields,
 or return an event whose encoded payload decodes with the generated Protobuf
 code and carries exactly what was logged. No other exception type escapes.
+
+Which one is checked against the rules themselves, written again here
+(:func:`problem`): the field an error names holds a value the collector
+cannot take, and an event that encodes has none. A ``build_event`` that
+refused every event, or named the wrong field, fails.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 from collections.abc import Callable, Iterator
@@ -88,6 +94,53 @@ IS_TESTING = mostly(st.booleans(), st.one_of(st.integers(), st.none(), TEXT))
 IP = mostly(st.one_of(st.none(), st.ip_addresses().map(str)), st.one_of(TEXT, st.integers()))
 
 
+# -- the rules, written again (docs/handler.md, the README) -------------------------
+
+
+def _unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def problem(field: str, value: object) -> bool:
+    """Whether ``value`` is one the collector cannot take as ``field``."""
+    if field == "event":
+        return not (isinstance(value, str) and value != "" and _unicode(value))
+    if field == "user_id":
+        if value is None:
+            return False
+        return isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**32
+    if field == "is_testing":
+        return value is not True and value is not False
+    if field == "ip":
+        if value is None:
+            return False
+        if not isinstance(value, str) or not value.isascii():
+            return True
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            return True
+        return False
+    assert field == "params"
+    if value is None:
+        return False
+    if isinstance(value, str):
+        return not _unicode(value)
+    if not isinstance(value, (dict, list, tuple)):
+        return True
+    try:  # compact JSON, whatever JSON cannot encode through str(); no NaN or Infinity
+        text = json.dumps(
+            value, separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=str
+        )
+    except (TypeError, ValueError, RecursionError):
+        return True
+    return not _unicode(text)
+
+
 # -- the property ----------------------------------------------------------------
 
 
@@ -99,18 +152,23 @@ def check(
     is_testing: object,
     ip: object,
 ) -> None:
-    """``build()`` refuses with a one-line EventError naming a field, or encodes what was given.
+    """``build()`` refuses with a one-line EventError naming a bad field, or encodes what was given.
 
     Any other exception propagates and fails the test.
     """
+    given = {"event": event, "user_id": user_id, "params": params}
+    given.update(is_testing=is_testing, ip=ip)
     try:
         built = build()
     except EventError as exc:
         assert exc.field in FIELDS
+        assert problem(exc.field, given[exc.field]), f"refused {exc.field}, a good value: {exc}"
         message = str(exc)
         assert len(message.splitlines()) == 1, message
         assert repr(exc.field) in message
         return
+    bad = [field for field, value in given.items() if problem(field, value)]
+    assert not bad, f"encoded an event whose {bad} the collector cannot take"
     assert built is not None
     collection = payload_pb2.Collection.FromString(HEADER + wire.encode_payload(built, NR))
     assert collection.IsInitialized()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from hamustro_logging import HamustroHandler
+from hamustro_logging import ClientTracker, HamustroHandler
 from hamustro_logging.collector import DevCollector
 from hamustro_logging.queue import NUMBER_GAP
 
@@ -59,19 +59,28 @@ def test_folder_deleted_under_a_running_app(
     tmp_path: Path, collector: DevCollector, log: logging.Logger, capfd: pytest.CaptureFixture[str]
 ) -> None:
     folder = tmp_path / "queue"
-    handler = HamustroHandler(**tracker_config(collector, folder, queue_size=10**6))
+    config = tracker_config(collector, folder, queue_size=10**6)
+    handler = HamustroHandler(**config)
     log.addHandler(handler)
     emit(log, 3)
     assert handler.flush(timeout=10)
+    # Another worker of the app (the same session) hands out numbers this
+    # handler never sees, and they are delivered.
+    with ClientTracker(**config) as worker:
+        theirs = [worker.track_event("e", user_id=100 + i) for i in range(5)]
+        assert worker.flush(timeout=10)
+    assert theirs == [4, 5, 6, 7, 8]
     remove(folder)
     emit(log, 3, start=3)
     assert handler.flush(timeout=10)
-    received = collector.wait_for(6)
-    assert sorted(e["user_id"] for e in received) == [0, 1, 2, 3, 4, 5]
-    # Numbering went on in the new database, past a gap (other processes may
-    # have handed out numbers this one never saw): no (session, nr) names two events.
-    gap = 3 + NUMBER_GAP
-    assert sorted(e["nr"] for e in received) == [1, 2, 3, gap + 1, gap + 2, gap + 3]
+    received = collector.wait_for(11)
+    assert sorted(e["user_id"] for e in received) == [0, 1, 2, 3, 4, 5, *range(100, 105)]
+    # Numbering went on in the new database past a gap, so no number the
+    # other worker gave is reused: no (session, nr) names two events.
+    pairs = [(e["session"], e["nr"]) for e in received]
+    assert len(set(pairs)) == len(pairs) == 11, sorted(pairs)
+    mine = sorted(e["nr"] for e in received if e["user_id"] in (3, 4, 5))
+    assert mine == [3 + NUMBER_GAP + 1, 3 + NUMBER_GAP + 2, 3 + NUMBER_GAP + 3]
     assert (folder / "cache.db").exists()
     assert "was removed" in capfd.readouterr().err
 
@@ -120,7 +129,7 @@ def test_a_corrupt_database_is_set_aside_and_a_new_one_used(
 
 DISK_FULL_SCRIPT = """
 import json, logging, resource, signal, sys, time
-from hamustro_logging import HamustroHandler
+from hamustro_logging import ClientTracker, HamustroHandler
 url, qdir = sys.argv[1], sys.argv[2]
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
 handler = HamustroHandler(collector_url=url, shared_secret_key="test-secret",
