@@ -68,9 +68,45 @@ def garbage_over_the_second_half(
     return session, logged
 
 
+def leaves_in_rowid_order(db: Path) -> list[int]:
+    """The table's leaf pages, in the order of the rowids they hold."""
+    con = sqlite3.connect(f"file:{db}?immutable=1", uri=True)
+    try:
+        rows = con.execute(
+            "SELECT pageno FROM dbstat WHERE name = 'Cache' AND pagetype = 'leaf' ORDER BY path"
+        ).fetchall()
+    finally:
+        con.close()
+    return [int(page) for (page,) in rows]
+
+
+def damage_in_patches(collector: DevCollector, folder: Path) -> tuple[str, dict[int, int]]:
+    """Readable leaves between damaged runs of them, placed where a gallop alone jumps over.
+
+    Six damaged leaves (some 70 rowids), four readable ones, then twelve
+    damaged: a search past the damage by rowid + 1, 2, 4, ... 64, 128 lands
+    in damage each time and never sees the four readable leaves in between;
+    one rowid at a time finds them. And diskcache's settings page, so the
+    open finds the damage. The file is grown to 8 MiB of garbage.
+    """
+    session, logged = fill(collector, folder, 600)
+    checkpoint(folder)
+    db = folder / "cache.db"
+    leaves = leaves_in_rowid_order(db)
+    (settings,) = [page for name, page, _ in pages(db) if name == "Settings"]
+    with open(db, "r+b") as f:
+        for page in [*leaves[10:16], *leaves[20:32], settings]:
+            f.seek((page - 1) * 4096)
+            f.write(os.urandom(4096))
+        f.seek(0, os.SEEK_END)
+        f.write(os.urandom(GARBAGE - f.tell()))
+    return session, logged
+
+
 CONTENT = {
     "random garbage": random_garbage,
     "a queue, garbage from its middle": garbage_over_the_second_half,
+    "a queue, damage in patches": damage_in_patches,
 }
 
 
@@ -197,7 +233,9 @@ def test_a_salvage_goes_on_at_claims_and_each_readable_event_is_sent_once(
                 if not salvage_markers(folder):
                     break
                 continue
-            sent.update(nr for nr, _ in batch.frames())
+            for nr, _ in batch.frames():
+                assert nr not in sent, f"nr {nr} carried again after it was sent"
+                sent[nr] += 1
             queue.ack(batch)  # deleted: a slice that carried it again would send it again
         assert queue.pending_count() == 0
     finally:
