@@ -67,8 +67,10 @@ MUTATIONS = (
         "NUMBER_GAP = 1_000_000",
         "NUMBER_GAP = 0",
         "numbering goes on past a gap in a new database: no number another worker gave is reused",
+        # (test_folder_deleted_under_a_running_app proves it with another
+        # worker's numbers too, but fails today for another reason: the
+        # reliability page's known limits.)
         (
-            "tests/faults/test_storage.py::test_folder_deleted_under_a_running_app",
             "tests/faults/test_storage.py::test_a_folder_wiped_under_two_workers_never_reuses_a_number",
         ),
     ),
@@ -163,8 +165,8 @@ MUTATIONS = (
     Mutation(
         "close-waits-longer",
         "hamustro_logging/handler.py",
-        "        finished = self._flusher.stop(self.close_timeout)",
-        "        finished = self._flusher.stop(4 * self.close_timeout)",
+        "        if self._flusher.stop(self.close_timeout):",
+        "        if self._flusher.stop(4 * self.close_timeout):",
         "close() and logging.shutdown() return within close_timeout",
         (
             "tests/test_handler.py::test_hanging_collector_does_not_block_emit_or_close",
@@ -245,6 +247,17 @@ MUTATIONS = (
         "what was sent while its delete is owed is not sent again",
         (
             "tests/faults/test_disk_full.py::test_a_disk_another_file_filled_still_delivers_each_event_once",
+        ),
+    ),
+    Mutation(
+        "journal-checksum-ignored",
+        "hamustro_logging/journal.py",
+        "            if zlib.crc32(body) != crc:",
+        "            if False:",
+        "a torn journal record (its checksum fails) ends the segment; nothing after it is read",
+        (
+            "tests/test_journal.py::test_a_record_is_read_back_and_a_torn_one_ends_the_segment",
+            "tests/test_journal.py::test_a_damaged_record_before_the_end_sets_the_segment_aside",
         ),
     ),
     Mutation(

@@ -258,7 +258,6 @@ class Delivery:
     def _storage_failed(self, exc: BaseException) -> None:
         """A pass ended because the queue could not be read or written: say it, never raise."""
         message = f"the queue could not be used: {describe(exc)}"
-        self.stats.failed(message)
         self.reporter.problem("queue", f"sending stopped: {message}", "; the events stay on disk")
 
     def give_back(self) -> int:

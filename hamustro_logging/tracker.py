@@ -39,6 +39,7 @@ from .mapping import (
     EventError,
     build_event,
     build_event_v2,
+    describe,
 )
 from .queue import (
     Appended,
@@ -788,10 +789,16 @@ class ClientTracker:
         First moves in the journals of the folder that no live process
         moves (handlers that ended or were killed: see
         :mod:`hamustro_logging.spool`). Stops at the first failure (the
-        events stay on disk) or after ``timeout`` seconds.
+        events stay on disk) or after ``timeout`` seconds. Never raises: a
+        queue that cannot be used now is said on stderr, and False returned.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-        self.adopt_journals()
+        try:
+            self.adopt_journals()
+        except Exception as exc:  # the store cannot take them now: they wait in their journals
+            self.reporter.problem(
+                "adopt", f"cannot move journals into the queue in {self.queue_dir}: {describe(exc)}"
+            )
         return self.delivery.drain(deadline, force=True).left == 0
 
     def adopt_journals(self) -> int:
