@@ -291,6 +291,17 @@ MUTATIONS = (
         ),
     ),
     Mutation(
+        "salvage-journal-offsets-late",
+        "hamustro_logging/queue.py",
+        '                for key, value in rows_with(aside, "j/", KEY_PREFIXES, self.timeout):',
+        "                for key, value in []:",
+        "a salvage carries the journal offsets first: no segment is moved in twice meanwhile",
+        (
+            "tests/faults/test_salvage.py::"
+            "test_the_journal_offsets_are_carried_before_the_first_slice",
+        ),
+    ),
+    Mutation(
         "salvage-jumps-over-rows",
         "hamustro_logging/salvage.py",
         "                found = _row(con, position)",

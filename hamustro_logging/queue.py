@@ -85,7 +85,7 @@ import diskcache.core
 
 from . import folder
 from .owners import lease_held, new_owner, token_owner
-from .salvage import SALVAGE_SECONDS, known_numbers, read_slice
+from .salvage import SALVAGE_SECONDS, known_numbers, read_slice, rows_with
 from .sendlock import SendLock
 from .wire import UINT32_MAX, encode_payloads, iter_frames, md5hex, number_bodies
 
@@ -1621,7 +1621,8 @@ class Queue:
         second finds the file replaced and only reopens. Before any row is
         carried, numbering jumps past every number the file shows (its
         counters and chunk keys, read through its key index), so a row
-        carried by a later slice never meets a number given meanwhile. One
+        carried by a later slice never meets a number given meanwhile, and
+        the journal offsets (``j/``) are carried first. One
         slice reads for at most about ``salvage_seconds``: a large or badly
         damaged file is carried over later opens and claims
         (:meth:`_resume_salvage`); it stays as ``cache.db.corrupt-<time>``.
@@ -1645,6 +1646,10 @@ class Queue:
             self._carry_numbers()
             with self._transaction():
                 self._cache.set(_SALVAGE + name, 0)
+                # How far each journal segment was moved in, before a spool
+                # can move one in again from its start.
+                for key, value in rows_with(aside, "j/", KEY_PREFIXES, self.timeout):
+                    self._cache.add(key, value)
             carried, done = self._carry_slice(name) or (0, True)
             self._salvage_at = time.monotonic() + _SALVAGE_PAUSE * self.salvage_seconds
             self._carry_numbers()

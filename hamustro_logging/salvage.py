@@ -39,7 +39,7 @@ from typing import Any
 
 import diskcache.core
 
-__all__ = ["SALVAGE_SECONDS", "Slice", "is_database", "known_numbers", "read_slice"]
+__all__ = ["SALVAGE_SECONDS", "Slice", "is_database", "known_numbers", "read_slice", "rows_with"]
 
 #: How long one slice of a salvage may read (the default of ``Queue``'s
 #: ``salvage_seconds``): short enough that opening a folder with a damaged
@@ -241,6 +241,31 @@ def known_numbers(path: str, timeout: float = 10.0) -> dict[str, int]:
                         if len(parts) == 5 and parts[1]:
                             _raise(known, parts[1], int(parts[3]) + int(parts[4]) - 1)
     return known
+
+
+def rows_with(
+    path: str, prefix: str, prefixes: Sequence[str], timeout: float = 10.0
+) -> list[tuple[str, Any]]:
+    """The readable rows of ours whose key starts with ``prefix``, through the key index.
+
+    For the few rows that must be in the new database before anything else
+    happens there (how far each journal segment was moved in: carried later,
+    a segment could be moved in again from its start). Empty if unreadable.
+    """
+    rows: list[tuple[str, Any]] = []
+    if not is_database(path):
+        return rows
+    try:
+        con = sqlite3.connect(path, timeout=timeout)
+    except sqlite3.Error:
+        return rows
+    with contextlib.closing(con), contextlib.suppress(sqlite3.Error):
+        for key, raw, mode, value in con.execute(
+            "SELECT key, raw, mode, value FROM Cache WHERE key >= ? AND key < ? AND raw = 1",
+            (prefix, prefix[:-1] + chr(ord(prefix[-1]) + 1)),
+        ):
+            _keep(rows, prefixes, key, raw, mode, value)
+    return rows
 
 
 def _raise(known: dict[str, int], session: str, nr: int) -> None:

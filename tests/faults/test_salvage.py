@@ -159,6 +159,12 @@ def damaged_queue(collector: DevCollector, folder: Path, n: int) -> tuple[str, d
     damage is found at the open.
     """
     session, logged = fill(collector, folder, n)
+    damaged_queue_pages(folder)
+    return session, logged
+
+
+def damaged_queue_pages(folder: Path) -> None:
+    """A middle table leaf and the settings page of the folder's database overwritten."""
     checkpoint(folder)
     db = folder / "cache.db"
     leaves = [page for name, page, kind in pages(db) if name == "Cache" and kind == "leaf"]
@@ -167,7 +173,6 @@ def damaged_queue(collector: DevCollector, folder: Path, n: int) -> tuple[str, d
         for page in (leaves[len(leaves) // 2], settings):
             f.seek((page - 1) * 4096)
             f.write(os.urandom(4096))
-    return session, logged
 
 
 def salvage_markers(folder: Path) -> int:
@@ -270,3 +275,25 @@ def test_a_pure_garbage_file_is_reported_once_and_the_queue_works(
     assert handler.flush(timeout=10) is True
     assert sorted(e["user_id"] for e in collector.wait_for(3)) == [0, 1, 2]
     assert capfd.readouterr().err.count("is corrupt") == 1
+
+
+def test_the_journal_offsets_are_carried_before_the_first_slice(
+    tmp_path: Path, collector: DevCollector
+) -> None:
+    """Carried later, a segment's offset would come after a spool moved it in again."""
+    folder = tmp_path / "queue"
+    fill(collector, folder, 1000)
+    queue = Queue(folder)
+    try:
+        with queue._transaction():  # the last row written: far past the first slice
+            queue._cache.set("j/segment-1", 4096 << 32 | 7)
+    finally:
+        queue.close()
+    damaged_queue_pages(folder)
+
+    queue = Queue(folder, salvage_seconds=0)  # one slice: a page of rows
+    try:
+        assert salvage_markers(folder) == 1  # not finished
+        assert queue.journal_offsets() == {"segment-1": (4096, 7)}
+    finally:
+        queue.close()
