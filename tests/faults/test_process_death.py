@@ -1,0 +1,585 @@
+"""An event that ``emit()`` accepted survives the death of its process (issue 16).
+
+Every scenario runs real processes against the development collector on
+loopback, and ends the same way: once every process of the run is gone, a
+fresh process on the same queue folder (``hamustro-logging flush``, or a new
+``HamustroHandler``) delivers what is left, and the collector must hold every
+event that was acknowledged. What each scenario proves:
+
+1. **A killed script** (``test_killed_script_*``): a plain script logging at
+   ~1k ev/s, ~20k ev/s or as fast as it can gets SIGTERM with no handler
+   installed (``docker stop``, ``systemctl stop``) or SIGKILL (the OOM
+   killer), three times in a row on one folder, also with a busy process on
+   the machine. "Acknowledged" is recorded per event: after each ``emit()``
+   returns, the script stores the count in a file it maps into memory (the
+   kernel keeps that page when the process dies), so every event with a
+   lower index was accepted. None of them may be lost.
+2. **multiprocessing** (``test_multiprocessing_*``): start methods ``fork``,
+   ``spawn`` and ``forkserver``; ``Process`` children and ``Pool`` workers
+   (also recycled after each task, ``maxtasksperchild=1``); children that
+   build their own handler and (``fork``) children that inherit the parent's.
+   These children end through ``os._exit`` without ``logging.shutdown()``.
+3. **Celery** (``test_celery_*``): a real worker, prefork pool, the
+   filesystem broker; every event of a task that finished is delivered after
+   a warm shutdown, with a child per task (``worker_max_tasks_per_child=1``)
+   and with a pool child SIGKILLed in the middle of a task.
+4. **gunicorn** (``test_gunicorn_*``): sync workers recycled by
+   ``max_requests``, and a worker SIGKILLed right after it answered: every
+   event of a request that got its response is delivered.
+
+Duplicates are counted, never hidden behind a ``set()``: the collector's
+events are compared as multisets. Where no process is killed in the middle
+of a request, a duplicate must be counted by the folder (``status --json``'s
+``resent``, where the store keeps one), else none is allowed. Where one is
+killed while its request may be in flight, a resend cannot be avoided, so
+the duplicates are reported and, once the folder keeps a ``resent`` figure,
+must not exceed it.
+
+Each run's figures are printed as one ``process-death:`` line (``pytest -s``
+shows them). Every wait polls a condition with a generous deadline; no test
+asserts a duration. The slowest scenarios carry ``slow`` in their names.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import mmap
+import os
+import re
+import signal
+import struct
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hamustro_logging.collector import DevCollector
+
+from ..support import FAST, IDENTITY, TEST_SECRET
+
+ROOT = Path(__file__).resolve().parents[2]
+
+#: One event key: the values of the event's parameters, in a fixed order.
+Key = tuple[int, ...]
+
+
+# -- processes -------------------------------------------------------------------------
+
+
+def handler_options(collector: DevCollector, queue_dir: Path) -> dict[str, Any]:
+    """What an app gives ``HamustroHandler``: the identity, the collector, the folder."""
+    return {
+        **IDENTITY,
+        "collector_url": collector.url,
+        "shared_secret_key": TEST_SECRET,
+        "queue_dir": str(queue_dir),
+        **FAST,
+    }
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """This environment without any ``HAMUSTRO_*`` variable of the machine, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HAMUSTRO_")}
+    env.update(extra)
+    return env
+
+
+class Processes:
+    """Starts the test's processes, each in a session of its own, and kills what is left.
+
+    Their output goes to files in ``tmp_path`` (a pipe nobody reads could
+    fill and block a process the test waits for).
+    """
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        self.started: list[subprocess.Popen[bytes]] = []
+
+    def start(
+        self,
+        argv: list[str],
+        name: str,
+        env: dict[str, str] | None = None,
+        stdin: bool = False,
+    ) -> subprocess.Popen[bytes]:
+        """Start ``argv``, its output into NAME.out and NAME.err (stdin: a pipe to it)."""
+        out = (self.tmp_path / f"{name}.out").open("wb")
+        err = (self.tmp_path / f"{name}.err").open("wb")
+        with out, err:
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                cwd=self.tmp_path,
+                env=env if env is not None else clean_env(),
+                start_new_session=True,  # its own process group: its children die with it
+            )
+        self.started.append(proc)
+        return proc
+
+    def script(
+        self,
+        text: str,
+        name: str,
+        config: dict[str, Any],
+        env: dict[str, str] | None = None,
+        stdin: bool = False,
+    ) -> subprocess.Popen[bytes]:
+        """Write ``text`` into ``NAME.py`` and run it with ``config`` (JSON) as argv[1]."""
+        path = self.tmp_path / f"{name}.py"
+        path.write_text(text)
+        return self.start([sys.executable, str(path), json.dumps(config)], name, env, stdin)
+
+    def output(self, name: str) -> str:
+        return (self.tmp_path / f"{name}.out").read_text(errors="replace")
+
+    def errors(self, name: str) -> str:
+        return (self.tmp_path / f"{name}.err").read_text(errors="replace")[-4000:]
+
+    def hog(self) -> None:
+        """A busy loop on one core for the rest of the test."""
+        self.start([sys.executable, "-c", "while True: pass"], f"hog-{len(self.started)}")
+
+    def kill_all(self) -> None:
+        for proc in self.started:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=10)
+
+
+@pytest.fixture
+def processes(tmp_path: Path) -> Iterator[Processes]:
+    started = Processes(tmp_path)
+    yield started
+    started.kill_all()
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll ``condition`` until it holds; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"not within {timeout:g} s: {what}")
+        time.sleep(0.02)
+
+
+def finish(proc: subprocess.Popen[bytes], timeout: float, what: str) -> int:
+    """Wait for ``proc`` to end; fail (a hang) after ``timeout`` seconds."""
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"{what} did not end within {timeout:g} s")
+
+
+def cli(processes: Processes, name: str, *args: str, env: dict[str, str]) -> tuple[int, str]:
+    """Run ``hamustro-logging ARGS`` to its end; its exit code and stdout."""
+    proc = processes.start([sys.executable, "-m", "hamustro_logging", *args], name, env)
+    code = finish(proc, 120, f"hamustro-logging {' '.join(args)}")
+    return code, processes.output(name)
+
+
+def cli_env(collector: DevCollector, queue_dir: Path) -> dict[str, str]:
+    """How an operator points ``hamustro-logging flush`` at a folder: its variables."""
+    return clean_env(
+        HAMUSTRO_COLLECTOR_URL=collector.url,
+        HAMUSTRO_SHARED_SECRET_KEY=TEST_SECRET,
+        HAMUSTRO_QUEUE_DIR=str(queue_dir),
+    )
+
+
+def flush_folder(processes: Processes, collector: DevCollector, queue_dir: Path) -> None:
+    """``hamustro-logging flush`` until it says nothing is left (it exits 1 while some is)."""
+    env = cli_env(collector, queue_dir)
+    deadline = time.monotonic() + 60
+    for attempt in range(1000):
+        code, out = cli(processes, f"flush-{attempt}", "flush", env=env)
+        if code == 0:
+            return
+        assert code == 1, f"flush exited {code}: {out}{processes.errors(f'flush-{attempt}')}"
+        if time.monotonic() > deadline:
+            pytest.fail(f"flush still leaves events after 60 s: {out}")
+        time.sleep(0.2)  # another process holds their lease: ask again
+
+
+def folder_resent(processes: Processes, queue_dir: Path) -> int | None:
+    """The folder's count of possible duplicates sent (``status --json``), if it keeps one."""
+    code, out = cli(
+        processes, "status", "status", "--json", "--queue-dir", str(queue_dir), env=clean_env()
+    )
+    assert code == 0, processes.errors("status")
+    resent = json.loads(out).get("resent")
+    return resent if isinstance(resent, int) else None
+
+
+# -- what arrived ----------------------------------------------------------------------
+
+
+def received(collector: DevCollector, *names: str) -> Counter[Key]:
+    """Each event at the collector, as the values of its parameters ``names``, counted."""
+    keys: Counter[Key] = Counter()
+    for event in collector.events():
+        params = json.loads(event["parameters"])
+        keys[tuple(int(params[name]) for name in names)] += 1
+    return keys
+
+
+@dataclass
+class Tally:
+    """Acknowledged events against the collector's multiset."""
+
+    acknowledged: set[Key]
+    arrived: Counter[Key]
+    #: Events that may arrive though nobody waited for their acknowledgement
+    #: (the one being logged when its process was killed).
+    maybe: Callable[[Key], bool] = field(default=lambda key: False)
+
+    @property
+    def lost(self) -> list[Key]:
+        return sorted(key for key in self.acknowledged if self.arrived[key] == 0)
+
+    @property
+    def duplicates(self) -> int:
+        return sum(n - 1 for n in self.arrived.values() if n > 1)
+
+    @property
+    def unexpected(self) -> list[Key]:
+        return sorted(
+            key for key in self.arrived if key not in self.acknowledged and not self.maybe(key)
+        )
+
+    def line(self, scenario: str, **more: object) -> str:
+        extra = "".join(f" {name}={value}" for name, value in more.items())
+        return (
+            f"process-death: {scenario} acknowledged={len(self.acknowledged)} "
+            f"lost={len(self.lost)} duplicates={self.duplicates} "
+            f"unexpected={len(self.unexpected)}{extra}"
+        )
+
+
+def check(
+    tally: Tally, scenario: str, resent: int | None, killed_mid_request: bool, **more: object
+) -> None:
+    """Nothing acknowledged lost, nothing unknown arrived; duplicates as the docstring says."""
+    line = tally.line(scenario, folder_resent=resent, **more)
+    print(line)
+    assert tally.lost == [], f"{line}; first lost: {tally.lost[:10]}"
+    assert tally.unexpected == [], f"{line}; {tally.unexpected[:10]}"
+    if resent is not None:
+        assert tally.duplicates <= resent, f"{line}: duplicates the folder did not count"
+    elif not killed_mid_request:
+        assert tally.duplicates == 0, f"{line}: duplicates nothing counted"
+
+
+# -- 1. a plain script killed by a signal ----------------------------------------------
+
+#: Logs until killed, at ``rate`` events a second (0: as fast as it can).
+LOG_UNTIL_KILLED = """
+import json, logging, mmap, struct, sys, time
+from hamustro_logging import HamustroHandler
+
+cfg = json.loads(sys.argv[1])
+handler = HamustroHandler(**cfg["handler"])
+log = logging.getLogger("death.app")
+log.addHandler(handler)
+log.setLevel(logging.INFO)
+log.propagate = False
+
+# The acknowledgement: slot 0 counts the emit() calls that returned, slot 1
+# the events the handler said it dropped (stats(), every 1,000). A shared map
+# of a file: the page is the kernel's, it outlives this process.
+with open(cfg["acked"], "r+b") as f:
+    acked = mmap.mmap(f.fileno(), 16)
+count = struct.Struct("<Q")
+run, rate = cfg["run"], cfg["rate"]
+started = time.monotonic()
+i = 0
+while True:
+    if rate:
+        ahead = started + i / rate - time.monotonic()
+        if ahead > 0.002:  # sleep in steps the clock can keep
+            time.sleep(ahead)
+    log.info("e", extra={"event": "death.e", "params": {"run": run, "i": i}})
+    i += 1
+    count.pack_into(acked, 0, i)
+    if i % 1000 == 0:
+        count.pack_into(acked, 8, sum(handler.stats()["dropped"].values()))
+"""
+
+#: A fresh process on the folder: its handler delivers until the test has seen
+#: everything arrive (stdin closed), then closes and prints its stats.
+RECOVER = """
+import json, logging, sys, time
+from hamustro_logging import HamustroHandler
+
+cfg = json.loads(sys.argv[1])
+handler = HamustroHandler(**cfg["handler"])
+deadline = time.monotonic() + 60
+while not handler.flush(timeout=5) and time.monotonic() < deadline:
+    pass
+sys.stdin.read()  # the test closes it when it saw what it waited for, or gave up
+stats = handler.stats()
+handler.close()
+print(json.dumps({"resent": stats["resent"], "dropped": stats["dropped"]}), flush=True)
+"""
+
+KILLS = 3
+#: Kill once this many events were acknowledged (about 1.5 s at the rate, when idle).
+KILL_AFTER = {1_000: 1_500, 20_000: 30_000, 0: 40_000}
+
+
+def read_counts(path: Path) -> tuple[int, int]:
+    """The script's two counters: events acknowledged, events its handler dropped."""
+    acked, dropped = struct.unpack("<QQ", path.read_bytes()[:16])
+    return acked, dropped
+
+
+def acked_in(seen: mmap.mmap) -> int:
+    """The acknowledged count, read through the test's own map of the file."""
+    count: int = struct.unpack_from("<Q", seen, 0)[0]
+    return count
+
+
+def kill_right_after_an_emit(proc: subprocess.Popen[bytes], seen: mmap.mmap, sig: int) -> None:
+    """Send ``sig`` the moment another ``emit()`` returned: the process may die at any
+    moment, and this is the one right after an event was accepted, before any
+    background work on it (at 1k ev/s a signal sent at a random time rarely hits it).
+    """
+    before = acked_in(seen)
+    deadline = time.monotonic() + 5
+    while acked_in(seen) == before and time.monotonic() < deadline:
+        pass  # (spins for about one event's time: a millisecond at 1k ev/s)
+    proc.send_signal(sig)
+
+
+def recover_with_handler(
+    processes: Processes, collector: DevCollector, queue_dir: Path, done: Callable[[], bool]
+) -> int:
+    """A new ``HamustroHandler`` process on the folder delivers, watched until ``done``.
+
+    It keeps running (a live process on the folder) until everything arrived
+    or 30 s passed; its own ``stats()["resent"]`` is returned.
+    """
+    config = {"handler": handler_options(collector, queue_dir)}
+    proc = processes.script(RECOVER, "recover", config, stdin=True)
+    assert proc.stdin is not None
+    deadline = time.monotonic() + 30
+    while not done() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.stdin.close()
+    assert finish(proc, 30, "the recovering handler's process") == 0, processes.errors("recover")
+    return int(json.loads(processes.output("recover"))["resent"])
+
+
+def all_arrived(collector: DevCollector, acknowledged: set[Key], *names: str) -> Callable[[], bool]:
+    """A condition: every acknowledged event is at the collector (cheap while too few arrived)."""
+
+    def done() -> bool:
+        if len(collector.events()) < len(acknowledged):
+            return False
+        arrived = received(collector, *names)
+        return all(arrived[key] for key in acknowledged)
+
+    return done
+
+
+KILL_CASES = [
+    # (signal, events a second (0: unthrottled), who delivers afterwards, busy processes)
+    pytest.param(signal.SIGTERM, 1_000, "handler", 0, id="sigterm-1k"),
+    pytest.param(signal.SIGTERM, 20_000, "cli", 0, id="sigterm-20k"),
+    pytest.param(signal.SIGTERM, 0, "handler", 0, id="sigterm-unthrottled"),
+    pytest.param(signal.SIGKILL, 1_000, "cli", 0, id="sigkill-1k"),
+    pytest.param(signal.SIGKILL, 20_000, "handler", 0, id="sigkill-20k"),
+    pytest.param(signal.SIGKILL, 0, "cli", 0, id="sigkill-unthrottled"),
+    pytest.param(signal.SIGTERM, 20_000, "handler", 1, id="sigterm-20k-cpu-hog"),
+    pytest.param(signal.SIGKILL, 1_000, "handler", 1, id="sigkill-1k-cpu-hog"),
+    pytest.param(signal.SIGKILL, 20_000, "cli", 1, id="sigkill-20k-cpu-hog"),
+    pytest.param(signal.SIGKILL, 0, "handler", 1, id="sigkill-unthrottled-cpu-hog"),
+]
+
+
+@pytest.mark.parametrize(("sig", "rate", "recovery", "hogs"), KILL_CASES)
+def test_killed_script_loses_no_acknowledged_event(
+    sig: signal.Signals,
+    rate: int,
+    recovery: str,
+    hogs: int,
+    collector: DevCollector,
+    tmp_path: Path,
+    processes: Processes,
+) -> None:
+    queue_dir = tmp_path / "q"
+    for _ in range(hogs):
+        processes.hog()
+    acked: list[int] = []
+    dropped = 0
+    # Three runs of the app on one folder, each killed: a restarted service.
+    for run in range(KILLS):
+        counts = tmp_path / f"acked-{run}"
+        counts.write_bytes(bytes(16))
+        config = {
+            "handler": handler_options(collector, queue_dir),
+            "run": run,
+            "rate": rate,
+            "acked": str(counts),
+        }
+        proc = processes.script(LOG_UNTIL_KILLED, f"run-{run}", config)
+        with open(counts, "rb") as f, mmap.mmap(f.fileno(), 16, access=mmap.ACCESS_READ) as seen:
+            wait_until(
+                lambda: acked_in(seen) >= KILL_AFTER[rate] or proc.poll() is not None,  # noqa: B023 -- called in this iteration
+                60,
+                f"run {run}: {KILL_AFTER[rate]} events acknowledged",
+            )
+            assert proc.poll() is None, processes.errors(f"run-{run}")
+            kill_right_after_an_emit(proc, seen, sig)
+        # No signal handler: the signal's default action ended it, no exit code of its own.
+        assert finish(proc, 30, f"run {run} after {sig.name}") == -sig
+        n, d = read_counts(counts)
+        acked.append(n)
+        dropped += d
+
+    acknowledged: set[Key] = {(run, i) for run, n in enumerate(acked) for i in range(n)}
+    recovered_resent: int | str = "-"
+    if recovery == "handler":
+        done = all_arrived(collector, acknowledged, "run", "i")
+        recovered_resent = recover_with_handler(processes, collector, queue_dir, done)
+    else:
+        flush_folder(processes, collector, queue_dir)
+    # Every process on the folder is gone, and the collector stores an event
+    # before it answers: what it holds now is all that will ever arrive.
+    tally = Tally(
+        acknowledged,
+        received(collector, "run", "i"),
+        maybe=lambda key: key[1] == acked[key[0]],  # the one being logged at the kill
+    )
+    lost_per_run = [sum(1 for key in tally.lost if key[0] == run) for run in range(KILLS)]
+    check(
+        tally,
+        f"{sig.name} rate={rate or 'max'} hogs={hogs} recovery={recovery}",
+        folder_resent(processes, queue_dir),
+        killed_mid_request=True,
+        acked_per_run=acked,
+        lost_per_run=lost_per_run,
+        dropped=dropped,
+        recovery_resent=recovered_resent,
+    )
+
+
+# -- 2. multiprocessing ----------------------------------------------------------------
+
+MULTIPROCESSING = """
+import json, multiprocessing, sys, time
+
+sys.path.insert(0, {root!r})  # spawned and forkserver children get this sys.path too
+from tests.faults import children_helper as helper
+
+
+def main():
+    cfg = json.loads(sys.argv[1])
+    ctx = multiprocessing.get_context(cfg["method"])
+    options = json.dumps(cfg["handler"])
+    inherit = cfg["inherit"]
+    # Inherited: the parent's handler, built before its children start (fork
+    # only). Else each child builds its own and the parent has none meanwhile.
+    handler = helper.setup(options) if inherit else None
+    jobs = [(k, cfg["n"]) for k in range(cfg["jobs"])]
+    exitcodes = []
+    if cfg["kind"] == "process":
+        if inherit:
+            procs = [ctx.Process(target=helper.emit, args=job) for job in jobs]
+        else:
+            target, args = helper.setup_and_emit, [(options, *job) for job in jobs]
+            procs = [ctx.Process(target=target, args=a) for a in args]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(60)
+        exitcodes = [p.exitcode for p in procs]
+    else:
+        init = {{}} if inherit else {{"initializer": helper.setup, "initargs": (options,)}}
+        pool = ctx.Pool(2, maxtasksperchild=cfg["maxtasksperchild"], **init)
+        pool.starmap(helper.emit, jobs, chunksize=1)
+        pool.close()
+        pool.join()
+    if handler is None:
+        handler = helper.setup(options)  # the parent's own, once its children are gone
+    deadline = time.monotonic() + 30
+    flushed = False
+    while not flushed and time.monotonic() < deadline:
+        flushed = handler.flush(timeout=5)
+    result = {{"exitcodes": exitcodes, "flushed": flushed, "resent": handler.stats()["resent"]}}
+    print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()
+"""
+
+#: Process children: 4 x 200 events; Pool tasks: 40 x 20 events, on 2 workers.
+PROCESS_JOBS, PROCESS_EVENTS = 4, 200
+POOL_JOBS, POOL_EVENTS = 40, 20
+
+MULTIPROCESSING_CASES = [
+    # (start method, "process" or "pool", children inherit the parent's handler, maxtasksperchild)
+    pytest.param("fork", "process", False, None, id="fork-process-own"),
+    pytest.param("fork", "process", True, None, id="fork-process-inherited"),
+    pytest.param("spawn", "process", False, None, id="spawn-process-own"),
+    pytest.param("forkserver", "process", False, None, id="forkserver-process-own"),
+    pytest.param("fork", "pool", False, None, id="fork-pool-own"),
+    pytest.param("fork", "pool", True, None, id="fork-pool-inherited"),
+    pytest.param("fork", "pool", False, 1, id="fork-pool-own-maxtasks1"),
+    pytest.param("fork", "pool", True, 1, id="fork-pool-inherited-maxtasks1"),
+    pytest.param("spawn", "pool", False, None, id="spawn-pool-own"),
+    # 40 interpreters started one after the other, two at a time: the slowest.
+    pytest.param("spawn", "pool", False, 1, id="slow-spawn-pool-own-maxtasks1"),
+    pytest.param("forkserver", "pool", False, None, id="forkserver-pool-own"),
+    pytest.param("forkserver", "pool", False, 1, id="forkserver-pool-own-maxtasks1"),
+]
+
+
+@pytest.mark.parametrize(("method", "kind", "inherit", "maxtasks"), MULTIPROCESSING_CASES)
+def test_multiprocessing_children_deliver_every_event(
+    method: str,
+    kind: str,
+    inherit: bool,
+    maxtasks: int | None,
+    collector: DevCollector,
+    tmp_path: Path,
+    processes: Processes,
+) -> None:
+    queue_dir = tmp_path / "q"
+    jobs, n = (PROCESS_JOBS, PROCESS_EVENTS) if kind == "process" else (POOL_JOBS, POOL_EVENTS)
+    config = {
+        "method": method,
+        "kind": kind,
+        "inherit": inherit,
+        "maxtasksperchild": maxtasks,
+        "jobs": jobs,
+        "n": n,
+        "handler": handler_options(collector, queue_dir),
+    }
+    proc = processes.script(MULTIPROCESSING.format(root=str(ROOT)), "parent", config)
+    assert finish(proc, 90, "the multiprocessing parent") == 0, processes.errors("parent")
+    result = json.loads(processes.output("parent").splitlines()[-1])
+    assert result["exitcodes"] == ([0] * jobs if kind == "process" else [])
+    by_the_run = received(collector, "child", "i").total()
+    flush_folder(processes, collector, queue_dir)  # what the run left, if anything
+    expected: set[Key] = {(k, i) for k in range(jobs) for i in range(n)}
+    check(
+        Tally(expected, received(collector, "child", "i")),
+        f"multiprocessing {method} {kind} inherit={inherit} maxtasksperchild={maxtasks}",
+        folder_resent(processes, queue_dir),
+        killed_mid_request=False,
+        delivered_by_the_run=by_the_run,
+        parent_flushed=result["flushed"],
+        parent_resent=result["resent"],
+    )
