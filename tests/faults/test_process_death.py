@@ -823,3 +823,119 @@ def test_celery_pool_child_sigkilled_mid_task_loses_no_accepted_event(
     wait_for_every_task(tmp_path, worker, CELERY_TASKS + len(long_at))
     warm_shutdown(processes, worker)
     check_celery(processes, collector, queue_dir, "celery children SIGKILLed", long_acked)
+
+
+# -- 4. gunicorn -----------------------------------------------------------------------
+
+#: The WSGI app, written into tmp_path as ``wsgi_app.py``; its settings come
+#: from ``wsgi_config.json`` next to it.
+WSGI_APP = """
+import json, logging, os
+from pathlib import Path
+from urllib.parse import parse_qs
+
+from hamustro_logging import HamustroHandler
+
+HERE = Path(__file__).resolve().parent
+CONFIG = json.loads((HERE / "wsgi_config.json").read_text())
+
+# Where a WSGI app sets up its logging: when its module is imported, which
+# gunicorn does in each worker after the fork (no --preload), so each worker
+# has a handler of its own on the folder.
+log = logging.getLogger("wsgi_app")
+log.setLevel(logging.INFO)
+log.addHandler(HamustroHandler(**CONFIG["handler"]))
+
+
+def app(environ, start_response):
+    request = int(parse_qs(environ["QUERY_STRING"])["request"][0])
+    for i in range(CONFIG["n"]):
+        log.info("e", extra={"event": "wsgi.e", "params": {"request": request, "i": i}})
+    body = json.dumps({"pid": os.getpid()}).encode()
+    headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
+    start_response("200 OK", headers)
+    return [body]
+"""
+
+WSGI_REQUESTS, WSGI_EVENTS = 60, 20
+#: A worker is replaced after this many requests (gunicorn's ``max_requests``).
+MAX_REQUESTS = 7
+
+
+def start_gunicorn(
+    processes: Processes, collector: DevCollector, queue_dir: Path
+) -> tuple[subprocess.Popen[bytes], int]:
+    """gunicorn, 2 sync workers recycled every MAX_REQUESTS requests; its port."""
+    tmp = processes.tmp_path
+    config = {"handler": handler_options(collector, queue_dir), "n": WSGI_EVENTS}
+    (tmp / "wsgi_config.json").write_text(json.dumps(config))
+    (tmp / "wsgi_app.py").write_text(WSGI_APP)
+    argv = [sys.executable, "-m", "gunicorn", "--workers", "2", "--bind", "127.0.0.1:0"]
+    argv += ["--max-requests", str(MAX_REQUESTS), "--max-requests-jitter", "0"]
+    argv += ["--graceful-timeout", "20", "--no-control-socket", "wsgi_app:app"]
+    server = processes.start(argv, "gunicorn", clean_env(PYTHONPATH=str(tmp)))
+    listening = re.compile(r"Listening at: http://127\.0\.0\.1:(\d+)")
+    wait_until(
+        lambda: bool(listening.search(processes.errors("gunicorn"))) or server.poll() is not None,
+        30,
+        "gunicorn listens",
+    )
+    found = listening.search(processes.errors("gunicorn"))
+    assert found, processes.errors("gunicorn")
+    return server, int(found.group(1))
+
+
+def get(port: int, request: int) -> int | None:
+    """GET the app for ``request``: the pid of the worker that answered, or None (no answer)."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        connection.request("GET", f"/?request={request}")
+        response = connection.getresponse()
+        body = response.read()
+    except (ConnectionError, http.client.HTTPException):
+        return None  # (the worker died with the request: it got no answer)
+    finally:
+        connection.close()
+    assert response.status == 200, body
+    pid: int = json.loads(body)["pid"]
+    return pid
+
+
+@pytest.mark.parametrize("kill_every", [None, 10], ids=["recycled", "recycled-and-sigkilled"])
+def test_gunicorn_workers_deliver_every_event_of_an_answered_request(
+    kill_every: int | None, collector: DevCollector, tmp_path: Path, processes: Processes
+) -> None:
+    queue_dir = tmp_path / "q"
+    server, port = start_gunicorn(processes, collector, queue_dir)
+    answered: list[int] = []
+    killed = 0
+    for request in range(WSGI_REQUESTS):
+        pid = get(port, request)
+        if pid is None:
+            continue
+        answered.append(request)
+        if kill_every and len(answered) % kill_every == 0:
+            # The worker that just answered dies at once: its events were accepted
+            # before it answered. (Recycled meanwhile: nothing to kill.)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+                killed += 1
+    server.send_signal(signal.SIGTERM)  # gunicorn's graceful shutdown
+    assert finish(server, 60, "gunicorn's graceful shutdown") == 0, processes.errors("gunicorn")
+    by_the_run = received(collector, "request", "i").total()
+    flush_folder(processes, collector, queue_dir)
+    expected: set[Key] = {(r, i) for r in answered for i in range(WSGI_EVENTS)}
+    unanswered = set(range(WSGI_REQUESTS)) - set(answered)
+    folder = folder_resent(processes, queue_dir)
+    check(
+        # A request that got no answer may have logged some of its events.
+        Tally(
+            expected, received(collector, "request", "i"), maybe=lambda key: key[0] in unanswered
+        ),
+        f"gunicorn max_requests={MAX_REQUESTS} kill_every={kill_every}",
+        duplicates_allowed(folder, None, killed_mid_request=bool(kill_every)),
+        answered=len(answered),
+        killed=killed,
+        delivered_by_the_run=by_the_run,
+        folder_resent=folder,
+    )
