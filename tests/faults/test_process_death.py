@@ -100,6 +100,11 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def python_path(folder: Path) -> str:
+    """PYTHONPATH with ``folder`` (where the test wrote an app module) first."""
+    return os.pathsep.join([str(folder), *filter(None, [os.environ.get("PYTHONPATH")])])
+
+
 class Processes:
     """Starts the test's processes, each in a session of its own, and kills what is left.
 
@@ -776,7 +781,7 @@ def start_celery_worker(
     }
     (tmp / "celery_config.json").write_text(json.dumps(config))
     (tmp / "celery_app.py").write_text(CELERY_APP)
-    env = clean_env(PYTHONPATH=str(tmp))
+    env = clean_env(PYTHONPATH=python_path(tmp))
     tasks = {"tasks": CELERY_TASKS, "n": CELERY_EVENTS, "long_at": long_at, "long": LONG_TASKS}
     sender = processes.script(SEND_TASKS, "send_tasks", tasks, env)
     assert finish(sender, 60, "sending the tasks") == 0, processes.errors("send_tasks")
@@ -929,7 +934,7 @@ def start_gunicorn(
     argv = [sys.executable, "-m", "gunicorn", "--workers", "2", "--bind", "127.0.0.1:0"]
     argv += ["--max-requests", str(MAX_REQUESTS), "--max-requests-jitter", "0"]
     argv += ["--graceful-timeout", "20", "--no-control-socket", "wsgi_app:app"]
-    server = processes.start(argv, "gunicorn", clean_env(PYTHONPATH=str(tmp)))
+    server = processes.start(argv, "gunicorn", clean_env(PYTHONPATH=python_path(tmp)))
     listening = re.compile(r"Listening at: http://127\.0\.0\.1:(\d+)")
     wait_until(
         lambda: bool(listening.search(processes.errors("gunicorn"))) or server.poll() is not None,
