@@ -45,7 +45,8 @@ reported.
 
 Each run's figures are printed as one ``process-death:`` line (``pytest -s``
 shows them). Every wait polls a condition with a generous deadline; no test
-asserts a duration. The slowest scenarios carry ``slow`` in their names.
+asserts a duration. The slowest (tens of seconds each) are marked ``slow``:
+``pytest -m "not slow"`` leaves them out.
 """
 
 from __future__ import annotations
@@ -465,18 +466,21 @@ def all_arrived(collector: DevCollector, acknowledged: set[Key], *names: str) ->
     return done
 
 
+#: The scenarios that take tens of seconds (``-m "not slow"`` leaves them out).
+SLOW = pytest.mark.slow
+
 KILL_CASES = [
     # (signal, events a second (0: unthrottled), who delivers afterwards, busy processes)
     pytest.param(signal.SIGTERM, 1_000, "handler", 0, id="sigterm-1k"),
-    pytest.param(signal.SIGTERM, 20_000, "cli", 0, id="sigterm-20k"),
-    pytest.param(signal.SIGTERM, 0, "handler", 0, id="sigterm-unthrottled"),
+    pytest.param(signal.SIGTERM, 20_000, "cli", 0, marks=SLOW, id="sigterm-20k"),
+    pytest.param(signal.SIGTERM, 0, "handler", 0, marks=SLOW, id="sigterm-unthrottled"),
     pytest.param(signal.SIGKILL, 1_000, "cli", 0, id="sigkill-1k"),
-    pytest.param(signal.SIGKILL, 20_000, "handler", 0, id="sigkill-20k"),
-    pytest.param(signal.SIGKILL, 0, "cli", 0, id="sigkill-unthrottled"),
-    pytest.param(signal.SIGTERM, 20_000, "handler", 1, id="sigterm-20k-cpu-hog"),
+    pytest.param(signal.SIGKILL, 20_000, "handler", 0, marks=SLOW, id="sigkill-20k"),
+    pytest.param(signal.SIGKILL, 0, "cli", 0, marks=SLOW, id="sigkill-unthrottled"),
+    pytest.param(signal.SIGTERM, 20_000, "handler", 1, marks=SLOW, id="sigterm-20k-cpu-hog"),
     pytest.param(signal.SIGKILL, 1_000, "handler", 1, id="sigkill-1k-cpu-hog"),
-    pytest.param(signal.SIGKILL, 20_000, "cli", 1, id="sigkill-20k-cpu-hog"),
-    pytest.param(signal.SIGKILL, 0, "handler", 1, id="sigkill-unthrottled-cpu-hog"),
+    pytest.param(signal.SIGKILL, 20_000, "cli", 1, marks=SLOW, id="sigkill-20k-cpu-hog"),
+    pytest.param(signal.SIGKILL, 0, "handler", 1, marks=SLOW, id="sigkill-unthrottled-cpu-hog"),
 ]
 
 
@@ -615,8 +619,8 @@ MULTIPROCESSING_CASES = [
     pytest.param("fork", "pool", False, 1, id="fork-pool-own-maxtasks1"),
     pytest.param("fork", "pool", True, 1, id="fork-pool-inherited-maxtasks1"),
     pytest.param("spawn", "pool", False, None, id="spawn-pool-own"),
-    # An interpreter started for each task, two at a time: the slowest.
-    pytest.param("spawn", "pool", False, 1, id="slow-spawn-pool-own-maxtasks1"),
+    # An interpreter started for each task, two at a time.
+    pytest.param("spawn", "pool", False, 1, marks=SLOW, id="spawn-pool-own-maxtasks1"),
     pytest.param("forkserver", "pool", False, None, id="forkserver-pool-own"),
     pytest.param("forkserver", "pool", False, 1, id="forkserver-pool-own-maxtasks1"),
 ]
@@ -848,6 +852,7 @@ def check_celery(
     )
 
 
+@SLOW
 def test_celery_worker_child_per_task_then_warm_shutdown_delivers_every_event(
     collector: DevCollector, tmp_path: Path, processes: Processes
 ) -> None:
@@ -858,6 +863,7 @@ def test_celery_worker_child_per_task_then_warm_shutdown_delivers_every_event(
     check_celery(processes, collector, queue_dir, "celery max_tasks_per_child=1", [])
 
 
+@SLOW
 def test_celery_pool_child_sigkilled_mid_task_loses_no_accepted_event(
     collector: DevCollector, tmp_path: Path, processes: Processes
 ) -> None:
