@@ -15,6 +15,10 @@ What a pass does with each answer (the rules themselves are in ``retry.py``):
   with a backoff of its own while the other sessions go on;
 * retry: the batch is given back and the whole delivery backs off (the
   collector, the network or the configuration is at fault, not one batch).
+
+Whether a batch given back may have been stored anyway (its next send then
+counts in ``resent``) is ``retry.possibly_stored``, for every answer alike.
+The queue counts each outcome in the folder's ledger as it settles it.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from dataclasses import dataclass
 
 from .queue import Batch, Queue, Settled, new_owner
 from .report import Reporter
-from .retry import Action, Backoff, decide, explain
+from .retry import Action, Backoff, decide, explain, possibly_stored
 from .stats import Stats
 from .transport import Answer, Transport
 
@@ -59,7 +63,7 @@ class Delivery:
         max_batch_events: int = 500,
         max_batch_bytes: int = 64 * 1024,
         backoff: Backoff | None = None,
-        destination: str | None = None,
+        destination: str | frozenset[str] | None = None,
     ) -> None:
         self._queue = queue  # the tracker's accessor: reopens a queue whose folder vanished
         self.transport = transport
@@ -149,8 +153,7 @@ class Delivery:
             return queue.ack(batch), answer
         if action is Action.SPLIT:
             return self._split(queue, batch, answer, deadline)
-        queue.release(batch, maybe_sent=answer.status is None and answer.sent)
-        return Settled(), answer
+        return queue.release(batch, maybe_sent=possibly_stored(answer)), answer
 
     def _split(
         self, queue: Queue, batch: Batch, first: Answer | None, deadline: float | None
@@ -163,7 +166,8 @@ class Delivery:
         ``max_batch_bytes`` to below the refused size for every later request.
         """
         frames = batch.frames()
-        verdicts: list[bool | None] = [None] * len(frames)
+        verdicts: list[bool | str | None] = [None] * len(frames)
+        maybe_stored = [False] * len(frames)  # by the request that ended the search
         stop: Answer | None = None
 
         #: The first refusal of the batch (what the rejected-area line names).
@@ -184,12 +188,13 @@ class Delivery:
                 return True
             if action is not Action.SPLIT:
                 stop = answer
+                maybe_stored[lo:hi] = [possibly_stored(answer)] * (hi - lo)
                 return False
             refusal = refusal or answer
             if answer.status == 413:  # a real answer: the collector (or a proxy) said so
                 self._shrink(size)
             if hi - lo == 1:
-                verdicts[lo] = False
+                verdicts[lo] = str(answer.status)  # the reason it is rejected for
                 return True
             return halves(lo, hi)
 
@@ -204,11 +209,11 @@ class Delivery:
             # header), not some events. Keep them all pending.
             queue.release(batch)
             return Settled(), Answer(400)
-        done = queue.settle(
-            batch, verdicts, kept_maybe_sent=stop is not None and stop.status is None and stop.sent
-        )
+        done = queue.settle(batch, verdicts, kept_maybe_sent=maybe_stored)
         if done.rejected:
-            refused = [nr for (nr, _), ok in zip(frames, verdicts, strict=True) if ok is False]
+            refused = [
+                nr for (nr, _), v in zip(frames, verdicts, strict=True) if isinstance(v, str)
+            ]
             self.reporter.once(
                 f"the collector refused {done.rejected} events of session {batch.session} "
                 f"(nr {', '.join(map(str, refused[:10]))}{' ...' if len(refused) > 10 else ''}) "
