@@ -1228,16 +1228,24 @@ class Queue:
             return value
         return str(value).encode("utf-8", "replace")
 
+    def _is_raw_bytes(self, key: str) -> bool:
+        """Whether the row is stored as plain bytes (not a pickle, a file or text)."""
+        rows = self._sql("SELECT mode, typeof(value) FROM Cache WHERE key = ? AND raw = 1", (key,))
+        return bool(rows) and tuple(rows[0]) == (diskcache.core.MODE_RAW, "blob")
+
     def _set_aside(self, key: str, why: str, say: bool = True) -> None:
         """Move one row to ``x/`` (inside a transaction), with its lease and attempts.
 
-        A chunk's events count in the ledger's ``set_aside`` (as many as its
-        key says: the count the rows were stored with).
+        A chunk's events count in the ledger's ``set_aside``: the payloads
+        its bytes hold, or where they are not payloads, as many as its key
+        says.
         """
+        raw = self._raw(key)
         parsed = parse_chunk_key(key) if key.startswith("e/") else None
         if parsed is not None:
-            self._book({"set_aside": parsed[3]})
-        self._cache.set("x/" + key, self._raw(key))
+            framed = _frame_count(raw) if self._is_raw_bytes(key) else -1
+            self._book({"set_aside": framed if framed > 0 else parsed[3]})
+        self._cache.set("x/" + key, raw)
         for name in (key, "l/" + key, "m/" + key):
             self._cache.delete(name)
         self._damaged = True
@@ -1821,18 +1829,28 @@ class Queue:
             self._cache = self._open_cache()
             self._headers.clear()
             self._tail = None
-            carried = self._carry_rows(aside)
+            carried, ledger_lost = self._carry_rows(aside)
             self._carry_numbers()
             for (session, _), (header, destination) in list(self._registered.items()):
                 self.register_header(session, header, destination)
         self._notify(
             f"the queue database in {self.directory} is corrupt ({error}); set it aside as "
             f"{os.path.basename(aside)} and carried {carried} readable rows into a new one"
+            + (
+                "; the ledger's counts could not be read: counting starts again from here"
+                if ledger_lost
+                else ""
+            )
         )
 
-    def _carry_rows(self, path: str) -> int:
-        """Copy every readable row of ours from the database at ``path``; return how many."""
+    def _carry_rows(self, path: str) -> tuple[int, bool]:
+        """Copy every readable row of ours from the database at ``path``.
+
+        Returns how many, and whether the ledger was lost (its first row,
+        ``since``, could not be read: its counts start again at the salvage).
+        """
         rows = readable_rows(path, KEY_PREFIXES, self.timeout)
+        ledger_lost = not any(key == SINCE for key, _ in rows)
         with self._transaction():
             for key, value in rows:
                 if key.startswith("n/"):
@@ -1849,4 +1867,4 @@ class Queue:
             self._rebuild_counters()
             # Events that could not be read stay in the file set aside.
             self._reconcile_ledger()
-        return len(rows)
+        return len(rows), ledger_lost

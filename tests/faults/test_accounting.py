@@ -502,9 +502,10 @@ def test_a_sender_killed_mid_resend_leaves_its_count(
     try:
         assert worker.stdout is not None and worker.stdout.readline().strip() == "flushing"
         deadline = time.monotonic() + 30
-        while not _in_flight(folder):
+        while collector.faults_left():  # until its request is at the collector, hanging
             assert time.monotonic() < deadline, "the worker never sent"
             time.sleep(0.02)
+        assert _in_flight(folder)
         worker.send_signal(signal.SIGKILL)
         worker.wait(timeout=30)
     finally:
