@@ -902,9 +902,8 @@ def _cmd_agent(args: argparse.Namespace) -> int:
     transport = Transport(url, secret, timeout=_timeout(config), headers=_headers(config))
     try:
         with _open_queue(directory, notify=reporter.once) as queue:
-            delivery = Delivery(
-                lambda: queue, transport, reporter, Stats(), destination=destination_id(url, secret)
-            )
+            accepted = accepted_destinations(url, secret, _headers(config))
+            delivery = Delivery(lambda: queue, transport, reporter, Stats(), destination=accepted)
             left = agent.run(
                 queue, delivery, reporter, _say,
                 interval=args.interval, stop_timeout=args.stop_timeout,

@@ -1173,6 +1173,7 @@ class Queue:
                 if not self._extend_tail(session, hid, first, frames, size):
                     self._put_chunks(session, hid, first, frames)
                 self._bump(pending=len(frames), size=size)
+            self._book({"stored": len(frames), "dropped/queue_full": len(bodies) - len(frames)})
             moved += len(bodies)
             if end != start:
                 self._cache.set(key, end << 32 | moved)
