@@ -187,7 +187,7 @@ MUTATIONS = (
     Mutation(
         "resend-not-counted",
         "hamustro_logging/queue.py",
-        "                        resent += attempts > 1",
+        "                        resent += stored",
         "                        resent += 0",
         "a possible duplicate (the answer lost) is counted in stats()['resent']",
         (
@@ -222,7 +222,7 @@ MUTATIONS = (
     Mutation(
         "full-disk-settle-raises",
         "hamustro_logging/delivery.py",
-        "            self._owed.append(_Owed(batch, tuple(verdicts), kept_maybe_sent))",
+        "            self._owed.append(_Owed(batch, tuple(verdicts), maybe))",
         "            raise",
         "a delete a full disk refuses is owed in memory; delivery goes on, nothing raises",
         (

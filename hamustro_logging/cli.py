@@ -81,7 +81,7 @@ from .reader import NotAQueue, QueueReader, check_is_queue
 from .report import Reporter
 from .spool import Spool
 from .stats import Stats
-from .tracker import SCHEMA2_OPTIONS, default_queue_dir, destination_id
+from .tracker import SCHEMA2_OPTIONS, accepted_destinations, default_queue_dir, destination_id
 from .transport import Answer, Transport, check_headers, track_url
 from .wire import (
     collection_header,
@@ -548,12 +548,22 @@ def _status(queue: QueueReader, directory: Path) -> dict[str, Any]:
             }
         )
     last_sync = queue.last_sync()
+    pending = queue.pending_count()
+    ledger = queue.ledger()
+    destinations = queue.destinations()
+    after_rebind = sum(d.pending for d in destinations if d.rebound_to is not None)
     return {
         "queue_dir": str(directory),
-        "pending": queue.pending_count(),
+        "pending": pending,
         "pending_bytes": queue.pending_bytes(),
-        "rejected": queue.rejected_count(),
-        "set_aside": queue.aside_count(),
+        # The ledger: every process's lifetime counts (docs/stats.md).
+        **ledger.as_dict(),
+        "unaccounted": ledger.unaccounted(pending),
+        "rejected_in_queue": queue.rejected_count(),
+        "aside_in_queue": queue.aside_count(),
+        "waiting_after_rebind": after_rebind,
+        "rebind_command": _rebind_command(directory) if after_rebind else None,
+        "destinations": [asdict(d) | {"sessions": list(d.sessions)} for d in destinations],
         "bytes_on_disk": _folder_bytes(directory),
         "disk_free_bytes": _disk_free(directory),
         "last_sync": last_sync,
@@ -562,6 +572,15 @@ def _status(queue: QueueReader, directory: Path) -> dict[str, Any]:
         "sessions_seen": len(last),
         "sessions": rows,
     }
+
+
+def _rebind_command(directory: Path) -> str:
+    """What moves events left for a rebound destination (the new key and headers from the env)."""
+    return f"hamustro-logging rebind --queue-dir {directory} --collector-url URL"
+
+
+def _reasons(by_reason: dict[str, int]) -> str:
+    return f" ({', '.join(f'{k} {v}' for k, v in by_reason.items())})" if by_reason else ""
 
 
 def _disk_free(directory: Path) -> int:
@@ -576,16 +595,34 @@ def _plural(n: int, word: str) -> str:
 
 def _status_table(doc: dict[str, Any]) -> str:
     """``status`` for people."""
+    since = "" if doc["ledger_since"] is None else f" since {_utc(doc['ledger_since'])}"
     lines = [
         f"queue folder  {doc['queue_dir']}",
         f"last sync     {doc['last_sync_utc']} ({_age(doc['last_sync_age_seconds'])} ago)",
         f"pending       {_plural(doc['pending'], 'event')}, {doc['pending_bytes']} bytes",
-        f"rejected      {_plural(doc['rejected'], 'event')}",
-        f"set aside     {_plural(doc['set_aside'], 'unusable row')}"
-        + (" (see `export --aside`)" if doc["set_aside"] else ""),
+        f"rejected      {_plural(doc['rejected_in_queue'], 'event')} in the rejected area",
+        f"set aside     {_plural(doc['aside_in_queue'], 'unusable row')}"
+        + (" (see `export --aside`)" if doc["aside_in_queue"] else ""),
         f"on disk       {doc['bytes_on_disk']} bytes; {doc['disk_free_bytes']} bytes free",
-        "",
+        f"counted{since}:",
+        f"  stored      {_plural(doc['stored'], 'event')}",
+        f"  sent        {_plural(doc['sent'], 'event')}; resent {doc['resent']} "
+        "(copies the collector may hold twice)",
+        f"  rejected    {doc['rejected']}{_reasons(doc['rejected_by_reason'])}; "
+        f"retried {doc['retried']}",
+        f"  set aside   {_plural(doc['set_aside'], 'event')}",
+        f"  dropped     {doc['dropped']}{_reasons(doc['dropped_by_reason'])}",
     ]
+    if doc["unaccounted"]:
+        lines.append(f"  unaccounted {doc['unaccounted']} (the counts do not add up)")
+    if doc["waiting_after_rebind"]:
+        lines.append(
+            f"{_plural(doc['waiting_after_rebind'], 'event')} were logged for a collector or key "
+            "after the folder was rebound from it (an app still running with the old "
+            f"configuration); they wait for it. To move them too: {doc['rebind_command']} "
+            "(the key in $HAMUSTRO_SHARED_SECRET_KEY, the headers in $HAMUSTRO_HEADERS)"
+        )
+    lines.append("")
     rows: list[dict[str, Any]] = doc["sessions"]
     if not rows:
         lines.append(
@@ -726,9 +763,16 @@ def _cmd_rebind(args: argparse.Namespace) -> int:
             "[$HAMUSTRO_COLLECTOR_URL] and --shared-secret-key [$HAMUSTRO_SHARED_SECRET_KEY]"
         )
     _check_url(url)
+    headers_text = args.headers or os.environ.get("HAMUSTRO_HEADERS")
+    try:
+        headers = _headers({"headers": headers_text}) if headers_text else None
+    except json.JSONDecodeError as exc:  # its message has a position, never the text
+        raise UsageError(f"--headers (or HAMUSTRO_HEADERS) is not a JSON object ({exc})") from None
+    except (TypeError, ValueError) as exc:  # check_headers never shows a value
+        raise UsageError(str(exc)) from None
     directory = _queue_dir(args.queue_dir, args.client_id, url)
     with _open_queue(directory) as queue:
-        moved = queue.rebind(destination_id(url, secret))
+        moved = queue.rebind(destination_id(url, secret, headers))
     print(f"{_plural(moved, 'event')} now bound to {_shown_url(track_url(url))}")
     return 0
 
@@ -808,8 +852,9 @@ def _cmd_flush(args: argparse.Namespace) -> int:
     sent = failed = 0
     try:
         with _open_queue(directory, notify=reporter.once) as queue:
+            destinations = accepted_destinations(url, secret, _headers(config))
             delivery = Delivery(
-                lambda: queue, transport, reporter, Stats(), destination=destination_id(url, secret)
+                lambda: queue, transport, reporter, Stats(), destination=destinations
             )
             delivery.one_shot = True
             # Journals no live process moves (apps that ended or were killed,
@@ -857,9 +902,8 @@ def _cmd_agent(args: argparse.Namespace) -> int:
     transport = Transport(url, secret, timeout=_timeout(config), headers=_headers(config))
     try:
         with _open_queue(directory, notify=reporter.once) as queue:
-            delivery = Delivery(
-                lambda: queue, transport, reporter, Stats(), destination=destination_id(url, secret)
-            )
+            accepted = accepted_destinations(url, secret, _headers(config))
+            delivery = Delivery(lambda: queue, transport, reporter, Stats(), destination=accepted)
             left = agent.run(
                 queue, delivery, reporter, _say,
                 interval=args.interval, stop_timeout=args.stop_timeout,
@@ -1109,6 +1153,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--shared-secret-key",
         metavar="KEY",
         help="its shared secret key [$HAMUSTRO_SHARED_SECRET_KEY]; better set in the environment",
+    )
+    rebind.add_argument(
+        "--headers",
+        metavar="JSON",
+        help="the extra HTTP headers the app sends, a JSON object [$HAMUSTRO_HEADERS]: part of "
+        "the destination, like the key; better set in the environment",
     )
 
     # Everything after `collector` goes to the collector's own parser, --help included.

@@ -356,6 +356,11 @@ class DevCollector:
                 )
             return list(self._events)
 
+    def faults_left(self) -> int:
+        """How many injected faults no request has met yet (a request meets one once read)."""
+        with self._lock:
+            return len(self._faults)
+
     def answered(self) -> dict[int, int]:
         """Snapshot of the answers given, status code -> count (dropped ones not included)."""
         with self._lock:

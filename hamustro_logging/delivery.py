@@ -16,6 +16,10 @@ What a pass does with each answer (the rules themselves are in ``retry.py``):
 * retry: the batch is given back and the whole delivery backs off (the
   collector, the network or the configuration is at fault, not one batch).
 
+Whether a batch given back may have been stored anyway (its next send then
+counts in ``resent``) is ``retry.possibly_stored``, for every answer alike.
+The queue counts each outcome in the folder's ledger as it settles it.
+
 A full disk (filled by another file: the queue's own floor keeps room for
 its deletes) stops no delivery, and nothing raises out of a pass:
 
@@ -41,7 +45,7 @@ from dataclasses import dataclass
 from .mapping import describe
 from .queue import Batch, Queue, Settled, disk_full, new_owner
 from .report import Reporter
-from .retry import Action, Backoff, decide, explain
+from .retry import Action, Backoff, decide, explain, possibly_stored
 from .stats import Stats
 from .transport import Answer, Transport
 
@@ -70,8 +74,8 @@ class _Owed:
     """A batch sent (or split) whose settling could not be written: a full disk."""
 
     batch: Batch
-    verdicts: tuple[bool | None, ...]
-    kept_maybe_sent: bool
+    verdicts: tuple[bool | str | None, ...]
+    kept_maybe_sent: bool | tuple[bool, ...]
 
 
 class Delivery:
@@ -87,7 +91,7 @@ class Delivery:
         max_batch_events: int = 500,
         max_batch_bytes: int = 64 * 1024,
         backoff: Backoff | None = None,
-        destination: str | None = None,
+        destination: str | frozenset[str] | None = None,
     ) -> None:
         self._queue = queue  # the tracker's accessor: reopens a queue whose folder vanished
         self.transport = transport
@@ -209,8 +213,8 @@ class Delivery:
         self,
         queue: Queue,
         batch: Batch,
-        verdicts: Sequence[bool | None],
-        kept_maybe_sent: bool = False,
+        verdicts: Sequence[bool | str | None],
+        kept_maybe_sent: bool | Sequence[bool] = False,
     ) -> Settled:
         """``queue.settle``; on a full disk the settling is owed (counted when it lands)."""
         try:
@@ -218,7 +222,8 @@ class Delivery:
         except Exception as exc:
             if not disk_full(exc):
                 raise
-            self._owed.append(_Owed(batch, tuple(verdicts), kept_maybe_sent))
+            maybe = kept_maybe_sent if isinstance(kept_maybe_sent, bool) else tuple(kept_maybe_sent)
+            self._owed.append(_Owed(batch, tuple(verdicts), maybe))
             self._disk_full(queue, exc)
             return Settled()
 
@@ -243,7 +248,10 @@ class Delivery:
         return sent
 
     def _owed_events(self) -> int:
-        return sum(v is not False for owed in self._owed for v in owed.verdicts)
+        # A refusal (False, or its reason) is not counted, as before reasons existed.
+        return sum(
+            v is not False and not isinstance(v, str) for owed in self._owed for v in owed.verdicts
+        )
 
     def _disk_full(self, queue: Queue, exc: BaseException) -> None:
         self.reporter.problem(
@@ -275,17 +283,17 @@ class Delivery:
             return self._settle(queue, batch, [True] * batch.count), answer
         if action is Action.SPLIT:
             return self._split(queue, batch, answer, deadline)
-        self._release(queue, batch, maybe_sent=answer.status is None and answer.sent)
-        return Settled(), answer
+        return self._release(queue, batch, maybe_sent=possibly_stored(answer)), answer
 
-    def _release(self, queue: Queue, batch: Batch, maybe_sent: bool = False) -> None:
+    def _release(self, queue: Queue, batch: Batch, maybe_sent: bool = False) -> Settled:
         """``queue.release``; on a full disk the leases are left to expire (nothing was sent)."""
         try:
-            queue.release(batch, maybe_sent=maybe_sent)
+            return queue.release(batch, maybe_sent=maybe_sent)
         except Exception as exc:
             if not disk_full(exc):
                 raise
             self._disk_full(queue, exc)
+            return Settled()
 
     def _split(
         self, queue: Queue, batch: Batch, first: Answer | None, deadline: float | None
@@ -298,7 +306,8 @@ class Delivery:
         ``max_batch_bytes`` to below the refused size for every later request.
         """
         frames = batch.frames()
-        verdicts: list[bool | None] = [None] * len(frames)
+        verdicts: list[bool | str | None] = [None] * len(frames)
+        maybe_stored = [False] * len(frames)  # by the request that ended the search
         stop: Answer | None = None
 
         #: The first refusal of the batch (what the rejected-area line names).
@@ -323,12 +332,13 @@ class Delivery:
                 return True
             if action is not Action.SPLIT:
                 stop = answer
+                maybe_stored[lo:hi] = [possibly_stored(answer)] * (hi - lo)
                 return False
             refusal = refusal or answer
             if answer.status == 413:  # a real answer: the collector (or a proxy) said so
                 self._shrink(size)
             if hi - lo == 1:
-                verdicts[lo] = False
+                verdicts[lo] = str(answer.status)  # the reason it is rejected for
                 return True
             return halves(lo, hi)
 
@@ -343,11 +353,11 @@ class Delivery:
             # header), not some events. Keep them all pending.
             self._release(queue, batch)
             return Settled(), Answer(400)
-        done = self._settle(
-            queue, batch, verdicts, stop is not None and stop.status is None and stop.sent
-        )
+        done = self._settle(queue, batch, verdicts, maybe_stored)
         if done.rejected:
-            refused = [nr for (nr, _), ok in zip(frames, verdicts, strict=True) if ok is False]
+            refused = [
+                nr for (nr, _), v in zip(frames, verdicts, strict=True) if isinstance(v, str)
+            ]
             self.reporter.once(
                 f"the collector refused {done.rejected} events of session {batch.session} "
                 f"(nr {', '.join(map(str, refused[:10]))}{' ...' if len(refused) > 10 else ''}) "

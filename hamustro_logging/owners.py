@@ -6,6 +6,9 @@ process of the same host (and PID namespace) can tell from the id that the
 owner no longer runs and take the lease over at once instead of waiting for
 its expiry. No I/O but ``/proc`` reads and ``kill(pid, 0)``; called by the
 queue under its transaction.
+
+The same ids name the writers of a group of events (``l/w/`` rows): a group
+whose writer still runs is never taken for damage (:func:`writer_alive`).
 """
 
 from __future__ import annotations
@@ -13,8 +16,9 @@ from __future__ import annotations
 import os
 import socket
 import uuid
+from collections.abc import Container
 
-__all__ = ["lease_held", "new_owner", "owner_gone", "token_owner"]
+__all__ = ["lease_held", "new_owner", "owner_gone", "token_owner", "writer_alive"]
 
 
 def _proc_stat(pid: int) -> tuple[str, str] | None:
@@ -93,3 +97,22 @@ def lease_held(value: object, now_ms: int, gone: dict[str, bool]) -> bool:
     if owner not in gone:
         gone[owner] = owner_gone(owner)
     return not gone[owner]
+
+
+def writer_alive(owner: str, open_here: Container[str]) -> bool:
+    """Whether the writer ``owner`` (a :func:`new_owner` id) may still write to its group.
+
+    In this process: only while the queue object it names is open
+    (``open_here``). In another process of this host: while that process
+    runs. On another host, or an id not made by :func:`new_owner`: always
+    (nothing here can tell).
+    """
+    if owner in open_here:
+        return True
+    try:
+        pid = int(owner.rsplit(":", 3)[1])
+    except (ValueError, IndexError):
+        return True
+    if pid == os.getpid() and owner.rsplit(":", 3)[0] == _host():
+        return False
+    return not owner_gone(owner)

@@ -24,11 +24,14 @@ pickled, and :class:`SafeDisk` refuses to unpickle what a tampered file holds):
 =========================================  =======================================
 ``e/{session}/{hid}/{first_nr:010d}/{n}``  a chunk: ``n`` framed payloads (bytes)
 ``l/{chunk key}``                           lease on a chunk being sent: ``token|expiry_ms``
+``l/w/{session}/{hid}/{n}``                 a writer of the group: its owner id (one row per
+                                            Queue that registered the header)
 ``m/{chunk key}``                           attempts that may have reached the collector (int)
 ``r/{session}/{hid}/{nr:010d}/1``           an event the collector refused (bytes)
 ``x/{key}``                                 a row set aside as unusable, its raw bytes
 ``h/{session}/{hid}``                       the collection header, fields 1-7 (bytes)
 ``d/{session}/{hid}``                       the destination (collector and key) it is for (str)
+``d/rebound/{destination}``                 the destination ``rebind`` moved its events to (str)
 ``n/{session}``                             last ``nr`` given in the session (int)
 ``u/{client_id}``                           the user set with ``set_user`` (str: JSON)
 ``j/{segment}``                             how far a journal segment was moved in (int, < 0: done)
@@ -36,6 +39,7 @@ pickled, and :class:`SafeDisk` refuses to unpickle what a tampered file holds):
 ``s/last_sync``                             epoch milliseconds of the last 200 (int)
 ``s/rejected``, ``s/aside``                 rows in ``r/`` and in ``x/`` (int)
 ``s/salvage/{file name}``                   a set-aside database being carried: rowid read to (int)
+``s/ledger/{count}``                        the folder's lifetime counts (int; ``ledger.py``)
 =========================================  =======================================
 
 ``hid`` is a short hash of the destination and the header, so events keep
@@ -55,17 +59,28 @@ How sending is shared out (:meth:`Queue.claim`):
   every request well under the lease (``Transport.max_duration``).
 * **Attempts.** A claim counts an attempt on each chunk *before* the request
   goes out, so after a crash mid-send the next delivery is known to be a
-  possible duplicate and counted in ``resent``.
+  possible duplicate. A claim of a chunk that carries an attempt already
+  counts its events in the ledger's ``resent`` at once (a process that dies
+  mid-send leaves the count behind); an answer that says nothing was stored
+  (``retry.possibly_stored``) takes the attempt and that count back.
+* **The ledger.** Every change of an event's state updates the folder's
+  lifetime counts (``ledger.py``) in the same transaction: ``append``
+  (stored, dropped), ``settle`` (sent, rejected), setting rows aside
+  (set_aside), ``retry_rejected`` (retried); :meth:`Queue.add_to_ledger`
+  lets the handler add what it dropped before the store.
 * **Damage.** A row the library cannot use (a malformed key, a chunk that is
   not a run of payloads, a pickle, a group whose header is missing or does not
   match its hash) is moved to ``x/`` (counted, exportable) and the claim goes
-  on with the rest. Counters that cannot be read are rebuilt from the rows.
+  on with the rest. A group whose header row is missing while a writer of it
+  still runs (``l/w/`` rows) is not damage: it is left alone (its writer
+  still sends it with the header it holds). Counters that cannot be read are rebuilt from the rows.
   A database SQLite reports as corrupt is set aside and what can be read of it
   is carried into a fresh one, a bounded slice at a time (:meth:`Queue._salvage`).
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
 import fcntl
@@ -76,7 +91,16 @@ import sqlite3
 import sys
 import threading
 import time
-from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Sequence
+import weakref
+from collections.abc import (
+    Callable,
+    Collection,
+    Container,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
@@ -84,7 +108,8 @@ import diskcache
 import diskcache.core
 
 from . import folder
-from .owners import lease_held, new_owner, token_owner
+from .ledger import LEDGER_PREFIX, SINCE, Ledger, ledger_key
+from .owners import lease_held, new_owner, token_owner, writer_alive
 from .salvage import SALVAGE_SECONDS, known_numbers, read_slice, rows_with
 from .sendlock import SendLock
 from .wire import UINT32_MAX, encode_payloads, iter_frames, md5hex, number_bodies
@@ -94,6 +119,7 @@ __all__ = [
     "Appended",
     "Batch",
     "DiskSpaceLow",
+    "Fate",
     "Queue",
     "QueueBusy",
     "QueueCorrupt",
@@ -262,6 +288,28 @@ class Settled:
 
 
 @dataclass(frozen=True)
+class Fate:
+    """Where the events ``first``..``last`` of a session are now (:meth:`Queue.fates`).
+
+    ``pending``: still to send (leased ones included); ``rejected``: in the
+    rejected area (refused by the collector); ``set_aside``: in a row set
+    aside as unusable. The rest of the range was delivered (a 200 deleted
+    it), unless the database was set aside as corrupt since (the ledger's
+    ``set_aside`` grew then) or the folder was deleted.
+    """
+
+    first: int
+    last: int
+    pending: int = 0
+    rejected: int = 0
+    set_aside: int = 0
+
+    @property
+    def delivered(self) -> int:
+        return self.last - self.first + 1 - self.pending - self.rejected - self.set_aside
+
+
+@dataclass(frozen=True)
 class SessionInfo:
     """What ``Queue.sessions`` reports of one session's unsent events."""
 
@@ -309,6 +357,10 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 _F = TypeVar("_F", bound=Callable[..., Any])
+
+#: The writer ids of this process's open queues (a closed or collected Queue
+#: writes no more): what ``owners.writer_alive`` asks about this process.
+_OPEN_WRITERS: weakref.WeakValueDictionary[str, Queue] = weakref.WeakValueDictionary()
 
 #: How long one attempt at the write lock may wait inside SQLite, holding the
 #: fork gate; between attempts the thread waits outside it.
@@ -581,6 +633,9 @@ class Queue:
         #: opening, then at claims, no more often than each ``_salvage_at``).
         self._salvaging = True
         self._salvage_at = 0.0
+        #: This object's id as a writer of the groups it registers (``l/w/`` rows).
+        self.writer = new_owner()
+        _OPEN_WRITERS[self.writer] = self
         self._folder_id = folder.open_private(self.directory)  # refuses a folder others can write
         self._send_lock = SendLock(self.directory)
         self._open_deadline = time.monotonic() + (timeout if open_timeout is None else open_timeout)
@@ -642,6 +697,10 @@ class Queue:
         # send on every event before its first sync.
         with self._transaction():
             cache.add(_LAST_SYNC, _now_ms())
+            if cache.add(SINCE, _now_ms()):
+                # The ledger begins (a new folder, or one of a version without
+                # it): what is pending now is what it was stored with.
+                self._reconcile_ledger()
         self._db_id = _file_id(self._path)
         # The database and its WAL files exist now: 0600, and still in the same folder.
         try:
@@ -793,6 +852,75 @@ class Queue:
             self._cache.set(_LAST_SYNC, _now_ms())
         self._notify(f"rebuilt the counters of the queue in {self.directory} from its rows")
 
+    # -- the ledger (ledger.py) ---------------------------------------------------
+
+    def _book(self, counts: Mapping[str, int]) -> None:
+        """Add to the ledger (inside a transaction, with the rows the counts are about)."""
+        for name, delta in counts.items():
+            if not delta:
+                continue
+            key = ledger_key(name)
+            try:
+                self._cache.incr(key, delta, default=0)
+            except (QueueCorrupt, TypeError):  # a tampered row: counting starts again from here
+                self._cache.set(key, max(delta, 0))
+
+    def _ledger_rows(self) -> dict[str, object]:
+        rows = self._sql(
+            "SELECT key FROM Cache WHERE key > ? AND key < ? AND raw = 1",
+            (LEDGER_PREFIX, _after(LEDGER_PREFIX)),
+        )
+        out: dict[str, object] = {}
+        for (key,) in rows:
+            with contextlib.suppress(QueueCorrupt):
+                out[key] = self._cache.get(key)
+        return out
+
+    def _reconcile_ledger(self) -> None:
+        """Make the store side of the ledger add up again (inside a transaction).
+
+        Called when counting begins in a folder that already holds events, and
+        after a corrupt database was set aside: events the ledger says were
+        stored but no row holds any more were left in the database set aside
+        (``set_aside``); rows the ledger does not know (it began after them,
+        or its rows could not be read) count as ``stored``.
+        """
+        ledger = Ledger.from_rows(self._ledger_rows())
+        missing = ledger.unaccounted(self._int(_PENDING) or 0)
+        if missing > 0:
+            self._book({"set_aside": missing})
+        elif missing < 0:
+            self._book({"stored": -missing})
+
+    @_gated
+    def add_to_ledger(self, counts: Mapping[str, int]) -> None:
+        """Add ``counts`` to the folder's ledger: names as in ``ledger.py`` (``"dropped/closed"``).
+
+        For the handler, which drops events before they reach the store (a
+        bad field, a full buffer, close). In a transaction of its own, or in
+        the caller's when called inside one (diskcache's are reentrant), so
+        the counts change with the rows they are about. Raises ``ValueError``
+        for a name the ledger does not have, and for a negative count.
+
+        >>> import tempfile
+        >>> q = Queue(tempfile.mkdtemp())
+        >>> q.add_to_ledger({"dropped/invalid": 2})
+        >>> q.ledger().dropped
+        {'invalid': 2}
+        >>> q.close()
+        """
+        for name, delta in counts.items():
+            ledger_key(name)
+            if delta < 0:
+                raise ValueError(f"a ledger count only grows: {name} {delta}")
+        with self._transaction():
+            self._book(counts)
+
+    @_gated
+    def ledger(self) -> Ledger:
+        """The folder's lifetime counts (every process's; see ``ledger.py``)."""
+        return Ledger.from_rows(self._ledger_rows())
+
     def _last_nr(self, session: str) -> int:
         """The session's last nr: its counter, else the highest stored or known (never less)."""
         value = self._int(f"n/{session}")
@@ -830,10 +958,35 @@ class Queue:
             if destination is not None:
                 self._cache.add(f"d/{session}/{hid}", destination)
             self._cache.add(f"h/{session}/{hid}", header)
+            self._register_writer(session, hid)
         # Known good from here on: a row of it damaged later is not a reason
         # to set this process's own events aside.
         self._headers[(session, hid)] = self._registered[(session, hid)] = (header, destination)
         return hid
+
+    def _register_writer(self, session: str, hid: str) -> None:
+        """Name this object a writer of the group; forget writers that ended (in a transaction)."""
+        _OPEN_WRITERS[self.writer] = self
+        mine = f"l/w/{session}/{hid}/{self.writer.rsplit(':', 1)[-1]}"
+        for key in list(self._keys_with(f"l/w/{session}/{hid}/")):
+            try:
+                owner = self._cache.get(key)
+            except QueueCorrupt:
+                owner = None
+            if key != mine and not (isinstance(owner, str) and writer_alive(owner, _OPEN_WRITERS)):
+                self._cache.delete(key)
+        self._cache.set(mine, self.writer)
+
+    def _has_live_writer(self, session: str, hid: str) -> bool:
+        """Whether a queue object that registered this group may still write to it."""
+        for key in self._keys_with(f"l/w/{session}/{hid}/"):
+            try:
+                owner = self._cache.get(key)
+            except QueueCorrupt:
+                continue
+            if isinstance(owner, str) and writer_alive(owner, _OPEN_WRITERS):
+                return True
+        return False
 
     def _check_space(self) -> None:
         """Refuse to write under ``min_free_bytes`` free (SQLite's free pages count as free)."""
@@ -924,13 +1077,16 @@ class Queue:
                     del frames[i:]
                     size -= len(frame)
                     break
-            if frames:
+            dropped = len(events) - len(frames)
+            if frames or dropped:
                 with self._transaction():
-                    cache = self._cache  # read under the gate: a salvage may have replaced it
-                    if not self._extend_tail(session, hid, first, frames, size):
-                        self._put_chunks(session, hid, first, frames)
-                    self._bump(pending=len(frames), size=size)
-        return Appended(first, first + len(frames) - 1, len(frames), len(events) - len(frames))
+                    if frames:
+                        if not self._extend_tail(session, hid, first, frames, size):
+                            self._put_chunks(session, hid, first, frames)
+                        self._bump(pending=len(frames), size=size)
+                    self._book({"stored": len(frames), "dropped/queue_full": dropped})
+        _OPEN_WRITERS[self.writer] = self  # writing again after close()
+        return Appended(first, first + len(frames) - 1, len(frames), dropped)
 
     def _put_chunks(
         self, session: str, hid: str, first_nr: int, frames: Sequence[bytes], attempts: int = 0
@@ -1054,6 +1210,7 @@ class Queue:
                 if not self._extend_tail(session, hid, first, frames, size):
                     self._put_chunks(session, hid, first, frames)
                 self._bump(pending=len(frames), size=size)
+            self._book({"stored": len(frames), "dropped/queue_full": len(bodies) - len(frames)})
             moved += len(bodies)
             if end != start:
                 self._cache.set(key, end << 32 | moved)
@@ -1109,9 +1266,24 @@ class Queue:
             return value
         return str(value).encode("utf-8", "replace")
 
+    def _is_raw_bytes(self, key: str) -> bool:
+        """Whether the row is stored as plain bytes (not a pickle, a file or text)."""
+        rows = self._sql("SELECT mode, typeof(value) FROM Cache WHERE key = ? AND raw = 1", (key,))
+        return bool(rows) and tuple(rows[0]) == (diskcache.core.MODE_RAW, "blob")
+
     def _set_aside(self, key: str, why: str, say: bool = True) -> None:
-        """Move one row to ``x/`` (inside a transaction), with its lease and attempts."""
-        self._cache.set("x/" + key, self._raw(key))
+        """Move one row to ``x/`` (inside a transaction), with its lease and attempts.
+
+        A chunk's events count in the ledger's ``set_aside``: the payloads
+        its bytes hold, or where they are not payloads, as many as its key
+        says.
+        """
+        raw = self._raw(key)
+        parsed = parse_chunk_key(key) if key.startswith("e/") else None
+        if parsed is not None:
+            framed = _frame_count(raw) if self._is_raw_bytes(key) else -1
+            self._book({"set_aside": framed if framed > 0 else parsed[3]})
+        self._cache.set("x/" + key, raw)
         for name in (key, "l/" + key, "m/" + key):
             self._cache.delete(name)
         self._damaged = True
@@ -1151,6 +1323,8 @@ class Queue:
                 self._headers[(session, hid)] = (header, destination)
                 return header, destination
             why = "its header does not match its hash"
+        elif self._has_live_writer(session, hid):
+            return None  # not damage: its writer still holds the header and sends it
         else:
             why = "its header is missing or unreadable"
         self._set_group_aside(session, hid, why)
@@ -1172,22 +1346,32 @@ class Queue:
     # -- sending ---------------------------------------------------------------
 
     def _claimable(
-        self, session: str, hid: str, destination: str | None, skip: Container[str]
+        self, session: str, hid: str, destinations: Container[str] | None, skip: Container[str]
     ) -> bool:
-        """Whether a group may be claimed now by a sender for ``destination``."""
+        """Whether a group may be claimed now by a sender for one of ``destinations``."""
         if session in skip:
             return False
         info = self._group(session, hid)
         if info is None:
             return False
-        if destination is None or info[1] is None or info[1] == destination:
+        if destinations is None or info[1] is None or info[1] in destinations:
             return True
         if (session, hid) not in self._foreign:
             self._foreign.add((session, hid))
+            try:
+                rebound = self._cache.get(f"d/rebound/{info[1]}") is not None
+            except QueueCorrupt:
+                rebound = False
             self._notify(
                 f"the queue in {self.directory} also holds events of session {session} logged "
-                "for another collector or key; they wait for a sender configured for it "
-                "(is queue_dir shared by two configurations?)"
+                + (
+                    "for a collector or key it was rebound from (an app still running with the "
+                    "old configuration?); they wait for a sender configured for it, or for "
+                    "`hamustro-logging rebind` again"
+                    if rebound
+                    else "for another collector or key; they wait for a sender configured for it "
+                    "(is queue_dir shared by two configurations?)"
+                )
             )
         return False
 
@@ -1206,7 +1390,7 @@ class Queue:
         max_events: int = 500,
         max_bytes: int = 64 * 1024,
         *,
-        destination: str | None = None,
+        destination: str | Collection[str] | None = None,
         skip: Container[str] = (),
         exclude: Container[str] = (),
         lease: bool = True,
@@ -1216,14 +1400,16 @@ class Queue:
         Groups take turns: the search starts after the group this object
         claimed last and wraps around. Skipped: groups of a session in
         ``skip`` (the caller holds them back), groups logged for another
-        ``destination`` (when given; groups written before destinations
-        existed go to any sender), chunks leased by a live sender, chunk
-        keys in ``exclude`` (sent, their delete owed). Returns ``None`` when
-        nothing is left to claim, or while another process sends without
-        leases. At least one chunk is claimed even if it alone exceeds a limit.
+        ``destination`` (when given: one, or the several a sender accepts;
+        groups written before destinations existed go to any sender),
+        chunks leased by a live sender, chunk keys in ``exclude`` (sent,
+        their delete owed). Returns ``None`` when nothing is left to claim,
+        or while another process sends without leases. At least one chunk is
+        claimed even if it alone exceeds a limit.
 
         ``lease=False`` (a full disk: no lease can be written) claims in
-        memory, writing nothing; only while this object holds the folder's
+        memory, writing nothing (no attempt mark, no ``resent``: settling
+        the batch counts them); only while this object holds the folder's
         send lock (:meth:`hold_sending`), so no other sender claims the same.
         """
         self._resume_salvage()
@@ -1250,7 +1436,7 @@ class Queue:
         lease_seconds: float,
         max_events: int,
         max_bytes: int,
-        destination: str | None,
+        destination: str | Collection[str] | None,
         skip: Container[str],
         exclude: Container[str],
         lease: bool,
@@ -1263,6 +1449,7 @@ class Queue:
         count = size = 0
         group: tuple[str, str] | None = None
         header = b""
+        destinations = {destination} if isinstance(destination, str) else destination
         with self._transaction():
             cache = self._cache  # read under the gate: a salvage may have replaced it
             self._damaged = False
@@ -1282,7 +1469,7 @@ class Queue:
                         if group is not None and (session, hid) != group:
                             done = True
                             break
-                        if group is None and not self._claimable(session, hid, destination, skip):
+                        if group is None and not self._claimable(session, hid, destinations, skip):
                             lo = f"e/{session}/{hid}0"  # on to the next group
                             break
                         if key in exclude or not self._lease_free(key, now, gone):
@@ -1308,10 +1495,16 @@ class Queue:
             if group is None:
                 return None
             expiry = now + int(lease_seconds * 1000)
+            resent = 0
             for key in keys if lease else ():
                 cache.set("l/" + key, f"{token}|{expiry}")
-                # An attempt, counted before the request goes out.
-                cache.set("m/" + key, (self._int("m/" + key) or 0) + 1)
+                # An attempt, counted before the request goes out; a chunk an
+                # earlier request may have stored is a possible duplicate now.
+                earlier = self._int("m/" + key) or 0
+                cache.set("m/" + key, earlier + 1)
+                if earlier:
+                    resent += _parse_chunk_key(key)[3]
+            self._book({"resent": resent})
             self._cursor = f"e/{group[0]}/{group[1]}0"
         return Batch(group[0], group[1], tuple(keys), header, b"".join(data), count, token, lease)
 
@@ -1337,18 +1530,30 @@ class Queue:
 
     @_gated
     def settle(
-        self, batch: Batch, verdicts: Sequence[bool | None], kept_maybe_sent: bool = False
+        self,
+        batch: Batch,
+        verdicts: Sequence[bool | str | None],
+        kept_maybe_sent: bool | Sequence[bool] = False,
     ) -> Settled:
         """Apply a verdict per payload of ``batch`` (in order), in one transaction.
 
-        True: delivered, deleted. False: refused by the collector, moved to
-        the rejected area (kept on disk, see :meth:`retry_rejected`). None:
-        not known, stored again as pending (``kept_maybe_sent``: the last
-        request that carried them may have reached the collector). Chunks
-        whose lease is no longer ours are left alone.
+        True: delivered, deleted. A str (the reason: ``"400"``, ``"413"``;
+        False means ``"400"``): refused by the collector, moved to the
+        rejected area (kept on disk, see :meth:`retry_rejected`). None: not
+        known, stored again as pending; ``kept_maybe_sent`` (for all, or per
+        payload) says the last request that carried it may have been stored
+        (``retry.possibly_stored``): its attempt stays, so its next send
+        counts as a resend. Chunks whose lease is no longer ours are left
+        alone. The ledger changes with the rows.
         """
         sent = resent = rejected = freed = 0
-        frames = iter(zip(batch.frames(), verdicts, strict=True))
+        maybe = (
+            [kept_maybe_sent] * len(verdicts)
+            if isinstance(kept_maybe_sent, bool)
+            else list(kept_maybe_sent)
+        )
+        frames = iter(zip(batch.frames(), verdicts, maybe, strict=True))
+        counts: collections.Counter[str] = collections.Counter()
         with self._transaction():
             cache = self._cache  # read under the gate: a salvage may have replaced it
             for key in batch.keys:
@@ -1356,52 +1561,89 @@ class Queue:
                 chunk = [next(frames) for _ in range(n)]
                 if not self._mine(key, batch.token, batch.leased):
                     continue
-                attempts = self._int("m/" + key) or 1
+                if batch.leased:
+                    attempts = self._int("m/" + key) or 1
+                else:  # claimed in memory: this send's attempt was not written
+                    attempts = (self._int("m/" + key) or 0) + 1
+                # A possible duplicate: a leased claim counted it in `resent`
+                # (taken back if not stored), an unleased one counts it here.
+                earlier = attempts > 1
                 for key_ in (key, "l/" + key, "m/" + key):
                     cache.delete(key_)
                 keep: list[tuple[int, bytes]] = []
-                for (nr, frame), verdict in chunk:
+                keep_maybe: list[tuple[int, bytes]] = []
+                for (nr, frame), verdict, maybe_sent in chunk:
+                    stored = verdict is True or (verdict is None and maybe_sent)
+                    if earlier:
+                        resent += stored
+                        if batch.leased:
+                            counts["resent"] -= not stored  # not stored: no duplicate after all
+                        else:
+                            counts["resent"] += stored
                     if verdict is None:
-                        keep.append((nr, frame))
+                        (keep_maybe if maybe_sent else keep).append((nr, frame))
                         continue
                     freed += len(frame)
-                    if verdict:
+                    if verdict is True:
                         sent += 1
-                        resent += attempts > 1
                     else:
                         rejected += 1
+                        counts["rejected/" + ("400" if verdict is False else verdict)] += 1
                         cache.set(f"r/{session}/{hid}/{nr:010d}/1", frame)
-                kept_attempts = attempts if kept_maybe_sent else attempts - 1
-                for run_first, run in _runs(keep):
-                    self._put_chunks(session, hid, run_first, run, kept_attempts)
+                for runs, kept_attempts in ((keep, attempts - 1), (keep_maybe, attempts)):
+                    for run_first, run in _runs(runs):
+                        self._put_chunks(session, hid, run_first, run, kept_attempts)
             if sent + rejected:
                 self._bump(pending=-(sent + rejected), size=-freed, rejected=rejected)
             if sent:
                 cache.set(_LAST_SYNC, _now_ms())
+            counts["sent"] = sent
+            booked = counts.pop("resent", 0)
+            self._unbook_resent(-booked)
+            counts["resent"] = max(booked, 0)
+            self._book(counts)
         return Settled(sent, resent, rejected)
 
+    def _unbook_resent(self, n: int) -> None:
+        """Take back ``n`` of the ``resent`` a claim counted (the answer said: not stored)."""
+        if n > 0:
+            try:
+                self._cache.incr(ledger_key("resent"), -n, default=n)
+            except (QueueCorrupt, TypeError):
+                self._cache.set(ledger_key("resent"), 0)
+
     @_gated
-    def release(self, batch: Batch, maybe_sent: bool = False) -> None:
+    def release(self, batch: Batch, maybe_sent: bool = False) -> Settled:
         """Give a batch back unsent (any answer but 200): drop our leases.
 
-        ``maybe_sent``: the request went out but no answer came (a timeout or
-        a reset), so the collector may have stored it; the attempt the claim
-        counted stays, and a later delivery counts as a resend. Otherwise the
-        attempt is taken back. A batch claimed without leases has nothing to give back.
+        ``maybe_sent``: the collector may have stored it (no answer after the
+        whole body went out, or a gateway's 5xx: ``retry.possibly_stored``);
+        the attempt the claim counted stays, and so does the ``resent`` it
+        counted for a chunk sent before. Otherwise both are taken back.
+        Returns the possible duplicates this send made (``Settled.resent``).
+        A batch claimed without leases has nothing to give back (its claim
+        wrote no lease, attempt or ``resent``).
         """
         if not batch.leased:
-            return
+            return Settled()
+        resent = 0
         with self._transaction():
             cache = self._cache  # read under the gate: a salvage may have replaced it
             for key in batch.keys:
-                if self._mine(key, batch.token):
-                    cache.delete("l/" + key)
-                    if not maybe_sent:
-                        attempts = (self._int("m/" + key) or 1) - 1
-                        if attempts > 0:
-                            cache.set("m/" + key, attempts)
-                        else:
-                            cache.delete("m/" + key)
+                if not self._mine(key, batch.token):
+                    continue
+                cache.delete("l/" + key)
+                attempts = self._int("m/" + key) or 1
+                n = _parse_chunk_key(key)[3]
+                if maybe_sent:
+                    resent += n if attempts > 1 else 0
+                    continue
+                if attempts > 1:
+                    cache.set("m/" + key, attempts - 1)
+                    self._unbook_resent(n)
+                else:
+                    cache.delete("m/" + key)
+        return Settled(resent=resent)
 
     @_gated
     def renew(self, batch: Batch, lease_seconds: float) -> None:
@@ -1445,6 +1687,13 @@ class Queue:
         are dropped (a sender of the old destination still in a request
         then does not delete what it sent; the attempt stays counted, so the
         next delivery counts as a resend).
+
+        The old group's header and destination rows stay: an app still
+        running with the old configuration (a rolling rotation) goes on
+        logging into it, and those events stay pending for the old
+        destination, never set aside. ``d/rebound/{old}`` remembers where
+        the old destination's events went, so ``status`` can say that a
+        later ``rebind`` moves them too.
         """
         moved = 0
         with self._transaction():
@@ -1474,9 +1723,8 @@ class Queue:
                         for old in (key, "l/" + key, "m/" + key):
                             cache.delete(old)
                         moved += n if prefix == "e/" else 1
-                for old in (f"h/{session}/{hid}", f"d/{session}/{hid}"):
-                    cache.delete(old)
-                self._headers.pop((session, hid), None)
+                if info[1] is not None:
+                    cache.set(f"d/rebound/{info[1]}", destination)
             self._tail = None
         return moved
 
@@ -1534,6 +1782,7 @@ class Queue:
                     freed += len(value)
             if moved:
                 self._bump(pending=moved, size=freed, rejected=-moved)
+                self._book({"retried": moved})
         return moved
 
     @_gated
@@ -1598,6 +1847,43 @@ class Queue:
         return out
 
     @_gated
+    def fates(self, session: str, ranges: Sequence[tuple[int, int]]) -> list[Fate]:
+        """Where the events of each ``(first, last)`` range of ``session`` are now.
+
+        For a handler's ``flush()``: the numbers it stored (``Appended``) are
+        delivered once none of them is pending, rejected or set aside (see
+        :class:`Fate`). Events the store dropped never got a stored number:
+        ``Appended.dropped`` counts them when they are appended. Reads only.
+
+        >>> import tempfile
+        >>> from hamustro_logging.wire import Event
+        >>> q = Queue(tempfile.mkdtemp())
+        >>> hid = q.register_header("s", b"\\x0a\\x01d")
+        >>> q.append("s", hid, [Event(1, b"a"), Event(2, b"b"), Event(3, b"c")]).last_nr
+        3
+        >>> batch = q.claim("me", lease_seconds=60)
+        >>> q.settle(batch, [True, "400", None]).rejected
+        1
+        >>> q.fates("s", [(1, 3)])
+        [Fate(first=1, last=3, pending=1, rejected=1, set_aside=0)]
+        >>> q.close()
+        """
+        held: dict[str, list[tuple[int, int]]] = {"pending": [], "rejected": [], "set_aside": []}
+        for state, prefix in (("pending", "e/"), ("rejected", "r/"), ("set_aside", "x/e/")):
+            for key in list(self._keys_with(f"{prefix}{session}/")):
+                parsed = parse_chunk_key(key.removeprefix("x/"))
+                if parsed is not None:
+                    held[state].append((parsed[2], parsed[2] + parsed[3] - 1))
+        out = []
+        for first, last in ranges:
+            counts = {
+                state: sum(max(0, min(last, hi) - max(first, lo) + 1) for lo, hi in spans)
+                for state, spans in held.items()
+            }
+            out.append(Fate(first, last, **counts))
+        return out
+
+    @_gated
     def sessions(self) -> list[SessionInfo]:
         """Per session: unsent and leased events, bytes and the oldest ``nr``."""
         rows = self._sql(
@@ -1607,8 +1893,13 @@ class Queue:
 
     @_gated
     def close(self) -> None:
-        """Close this thread's SQLite connection (others close with their threads)."""
+        """Close this thread's SQLite connection (others close with their threads).
+
+        From here on this object is no longer a live writer of its groups
+        (until it writes again).
+        """
         self._send_lock.release()
+        _OPEN_WRITERS.pop(self.writer, None)
         self._cache.close()
 
     # -- a database SQLite reports as corrupt ------------------------------------
@@ -1622,7 +1913,10 @@ class Queue:
         carried, numbering jumps past every number the file shows (its
         counters and chunk keys, read through its key index), so a row
         carried by a later slice never meets a number given meanwhile, and
-        the journal offsets (``j/``) are carried first. One
+        the journal offsets (``j/``) are carried first. The ledger's rows
+        (``s/ledger/``) are added to the new database's as the slices meet
+        them (:meth:`_carry_ledger_row`), and the events that could not be
+        read are counted as ``set_aside`` once the last slice is carried. One
         slice reads for at most about ``salvage_seconds``: a large or badly
         damaged file is carried over later opens and claims
         (:meth:`_resume_salvage`); it stays as ``cache.db.corrupt-<time>``.
@@ -1659,7 +1953,40 @@ class Queue:
         self._notify(
             f"the queue database in {self.directory} is corrupt ({error}); set it aside as "
             f"{name} and carried {carried} readable rows into a new one{later}"
+            + (self._ledger_lost(name) if done else "")
         )
+
+    def _carry_ledger_row(self, key: str, value: object) -> None:
+        """Add a ledger row of a set-aside database to this one's (in a transaction).
+
+        Its counts are added to what the new database counted meanwhile (a
+        slice reads each row once); ``since`` becomes the older of the two.
+        """
+        if type(value) is not int:
+            return
+        if key == SINCE:
+            now = self._int(SINCE)
+            self._cache.set(SINCE, value if now is None else min(now, value))
+            return
+        try:
+            self._cache.incr(key, value, default=0)
+        except (QueueCorrupt, TypeError):
+            self._cache.set(key, value)
+
+    def _ledger_lost(self, name: str) -> str:
+        """What to add to the line of a finished salvage if its ``since`` was not carried.
+
+        The new database's ``since`` is later than the file was set aside
+        (``cache.db.corrupt-<ns>``); a carried one is earlier.
+        """
+        try:
+            aside_ms = int(name.rpartition("-")[2]) // 1_000_000
+        except ValueError:
+            return ""
+        since = self._int(SINCE)
+        if since is not None and since < aside_ms:
+            return ""
+        return "; the ledger's counts could not be read: counting starts again from here"
 
     def _resume_salvage(self) -> None:
         """Carry one more slice of a set-aside database not finished yet, if it is time.
@@ -1688,7 +2015,7 @@ class Queue:
         if carried is not None and carried[1]:
             self._notify(
                 f"carried what could be read of {names[0]} (a corrupt database set aside) "
-                f"into the queue in {self.directory}"
+                f"into the queue in {self.directory}" + self._ledger_lost(names[0])
             )
 
     def _carry_slice(self, name: str) -> tuple[int, bool] | None:
@@ -1716,6 +2043,9 @@ class Queue:
             if self._int(key, -1) != position:
                 return 0, False  # carried meanwhile by someone that did not take the lock
             for row, value in got.rows:
+                if row.startswith(LEDGER_PREFIX):
+                    self._carry_ledger_row(row, value)
+                    continue
                 if row.startswith("n/"):
                     if type(value) is int:
                         self._known[row[2:]] = max(self._known.get(row[2:], 0), value)
@@ -1735,6 +2065,9 @@ class Queue:
             self._bump(pending=pending, size=size, rejected=rejected, aside=aside)
             if got.done:
                 cache.delete(key)
+                # Events that could not be read stay in the file set aside:
+                # counted now that no later slice can still carry them.
+                self._reconcile_ledger()
             else:
                 cache.set(key, got.position)
         return carried, got.done

@@ -29,12 +29,14 @@ import sqlite3
 import stat
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
 import diskcache.core
 
 from .folder import DB_FILES
+from .ledger import LEDGER_PREFIX, Ledger
 from .queue import (
     KEY_PREFIXES,
     QueueCorrupt,
@@ -44,7 +46,7 @@ from .queue import (
 )
 from .wire import iter_frames
 
-__all__ = ["NotAQueue", "QueueReader", "recognise"]
+__all__ = ["DestinationInfo", "NotAQueue", "QueueReader", "recognise"]
 
 #: The first characters of every key the queue writes (see queue.py's table).
 _KEY_PREFIXES = KEY_PREFIXES
@@ -60,6 +62,21 @@ _MARKER = "s/last_sync"
 #: The diskcache settings every Queue writes at every open, that diskcache's
 #: defaults do not have.
 _OUR_SETTINGS = {"eviction_policy": "none", "cull_limit": 0}
+
+
+@dataclass(frozen=True)
+class DestinationInfo:
+    """Pending events bound to one destination (``tracker.destination_id``), for ``status``.
+
+    ``rebound_to``: ``rebind`` moved this destination's events to that one;
+    what is pending here was logged after it (an app still running with the
+    old configuration), and another ``rebind`` moves it too.
+    """
+
+    destination: str | None
+    pending: int
+    sessions: tuple[str, ...]
+    rebound_to: str | None
 
 
 class NotAQueue(ValueError):
@@ -217,6 +234,54 @@ class QueueReader:
 
     def last_sync(self) -> float:
         return self._int(_MARKER) / 1000
+
+    def ledger(self) -> Ledger:
+        """The folder's lifetime counts (``ledger.py``), as a writer reads them."""
+        rows: dict[str, object] = {}
+        for key in self.keys_with(LEDGER_PREFIX):
+            try:
+                rows[key] = self.get(key)
+            except QueueCorrupt:
+                continue
+        return Ledger.from_rows(rows)
+
+    def destinations(self) -> list[DestinationInfo]:
+        """Pending events per destination they are bound to (a folder usually has one)."""
+        bound: dict[tuple[str, str], str | None] = {}
+        pending: dict[str | None, int] = {}
+        sessions: dict[str | None, set[str]] = {}
+        for key in self.keys_with("e/"):
+            parsed = parse_chunk_key(key)
+            if parsed is None:
+                continue
+            group = parsed[:2]
+            if group not in bound:
+                try:
+                    value = self.get(f"d/{group[0]}/{group[1]}")
+                except QueueCorrupt:
+                    value = None
+                bound[group] = value if isinstance(value, str) else None
+            destination = bound[group]
+            pending[destination] = pending.get(destination, 0) + parsed[3]
+            sessions.setdefault(destination, set()).add(group[0])
+        out = []
+        for destination in sorted(pending, key=lambda d: (d is None, d or "")):
+            rebound = None
+            if destination is not None:
+                try:
+                    marker = self.get(f"d/rebound/{destination}")
+                except QueueCorrupt:
+                    marker = None
+                rebound = marker if isinstance(marker, str) else None
+            out.append(
+                DestinationInfo(
+                    destination,
+                    pending[destination],
+                    tuple(sorted(sessions[destination])),
+                    rebound,
+                )
+            )
+        return out
 
     def last_numbers(self) -> dict[str, int]:
         return {key[2:]: self._int(key) for key in self.keys_with("n/")}

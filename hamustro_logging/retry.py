@@ -3,7 +3,9 @@
 Only a 200 deletes events (the spec: "do not remove the events receiving a
 different error code"). A refusal of the body itself splits the batch; all
 else keeps the events and waits before the next attempt; the limits are
-here, with their reasons.
+here, with their reasons. Whether an answer that is not a 200 may still
+mean "stored" (so that the next send of the batch is a possible duplicate,
+counted in ``resent``) is :func:`possibly_stored`.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from dataclasses import dataclass
 
 from .transport import UNREACHABLE, Answer
 
-__all__ = ["Action", "Backoff", "decide", "explain"]
+__all__ = ["NOT_STORED", "Action", "Backoff", "decide", "explain", "possibly_stored"]
 
 
 class Action(enum.Enum):
@@ -48,6 +50,39 @@ def decide(answer: Answer) -> Action:
     # status, and no answer at all (the collector may have stored the batch,
     # but only a 200 says so; a resend is counted as a possible duplicate).
     return Action.RETRY
+
+
+#: The answers that say nothing was stored: the collector's own refusals of a
+#: request it read (400 to its body, 405 and 401/403 to its signature, 415 to
+#: its type) and a body-size limit (413, before anything is read). Each is
+#: given before the collector queues anything, and a gateway passes it on
+#: unchanged.
+NOT_STORED = frozenset({400, 401, 403, 405, 413, 415})
+
+
+def possibly_stored(answer: Answer) -> bool:
+    """Whether the collector may hold the batch after ``answer``.
+
+    A 200 stored it. A status in :data:`NOT_STORED` did not. Any other
+    status may come from a gateway (a load balancer, nginx, a CDN) that
+    forwarded the request and timed out waiting, or lost the answer: a 502
+    or 504 after the collector stored the batch is the common case, so
+    every 5xx, 3xx, 429 or unknown status counts as "maybe". Without an
+    answer, it may be stored once the whole body went out (a read timeout,
+    a connection dropped after the upload), never when the connection was
+    refused or the upload cut short (``Answer.sent``).
+
+    The attempt mark the claim put on the batch stays when this is True, so
+    its next send is counted in ``resent``; otherwise it is taken back.
+
+    >>> [possibly_stored(Answer(s)) for s in (200, 502, 504, 429, 301, 400, 405, 413)]
+    [True, True, True, True, True, False, False, False]
+    >>> possibly_stored(Answer(None, "connection refused", sent=False))
+    False
+    """
+    if answer.status is None:
+        return answer.sent
+    return answer.status not in NOT_STORED
 
 
 def _is_redirect(answer: Answer) -> bool:

@@ -4,7 +4,8 @@ Used by ``Queue`` on a database it has set aside as corrupt (SQLite said
 "database disk image is malformed" or "file is not a database"). Plain
 ``sqlite3`` on that file only: nothing is unpickled, and only rows a queue
 writes (a known key prefix, a raw str, bytes or int value; not the counters,
-which are rebuilt from the rows) are kept.
+which are rebuilt from the rows, but the ledger's lifetime counts, which
+cannot be) are kept.
 
 Who calls what: :func:`read_slice` and :func:`known_numbers` are called by
 ``Queue`` under the folder's salvage lock (``salvage.lock``), from whichever
@@ -282,7 +283,8 @@ def _keep(
         and mode == diskcache.core.MODE_RAW
         and isinstance(key, str)
         and key[:2] in prefixes
-        and not key.startswith("s/")  # counters: rebuilt from the rows
+        # Counters are rebuilt from the rows; the ledger's lifetime counts cannot be.
+        and (not key.startswith("s/") or key.startswith("s/ledger/"))
         and isinstance(value, (bytes, str, int))
     ):
         rows.append((key, value))

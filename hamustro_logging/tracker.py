@@ -76,7 +76,9 @@ __all__ = [
     "TRACKER_OPTIONS",
     "ClientTracker",
     "TrackedEvent",
+    "accepted_destinations",
     "default_queue_dir",
+    "destination_id",
 ]
 
 #: A validated event of either schema (a tracker stores only its own schema's).
@@ -178,14 +180,62 @@ def default_queue_dir(client_id: str, collector_url: str) -> Path:
     return Path(base) / "hamustro-logging" / f"{safe}-{md5hex(key)[:8]}"
 
 
-def destination_id(collector_url: str, shared_secret_key: str) -> str:
-    """Which collector and key a queued event is for (a one-way hash; the key is not in it).
+def destination_id(
+    collector_url: str, shared_secret_key: str, headers: Mapping[str, str] | None = None
+) -> str:
+    """Where a queued event goes and who it claims to be, as a one-way hash.
 
-    Stored with every group of events, so a sender only sends what was
-    logged for its own collector and key.
+    Everything that decides it: the collector's URL *with* its
+    ``user:password@`` part, the key, and the extra ``headers`` (names in
+    any case, and their values). Two deployments told apart only by a header
+    a proxy reads (``X-Tenant``) or by the user in the URL get two
+    destinations, and a sender only sends what was logged for its own. The
+    secret parts (the key, the URL's user part, the header values) go in
+    only through SHA-256: the id stored with every group reveals none of
+    them. Without a user part and headers the id is the one earlier
+    versions stored, so their folders keep working.
+
+    >>> a = destination_id("https://c.example", "k", {"X-Tenant": "a"})
+    >>> a == destination_id("https://c.example", "k", {"x-tenant": "a"})
+    True
+    >>> a == destination_id("https://c.example", "k", {"X-Tenant": "b"})
+    False
+    >>> destination_id("https://u:pw@c.example", "k") == destination_id("https://c.example", "k")
+    False
     """
-    secret_hash = sha256hex("hamustro-logging destination:" + shared_secret_key)
-    return md5hex(f"{without_userinfo(track_url(collector_url))}\n{secret_hash}")[:16]
+    url = track_url(collector_url)
+    netloc = urlsplit(url).netloc
+    secret = shared_secret_key
+    extras = [f"user:{netloc.rpartition('@')[0]}"] if "@" in netloc else []
+    extras += [f"header:{k.lower()}:{v}" for k, v in sorted((headers or {}).items())]
+    if extras:
+        secret += "\0" + "\0".join(extras)
+    return _destination_hash(url, secret)
+
+
+def _destination_hash(url: str, secret: str) -> str:
+    secret_hash = sha256hex("hamustro-logging destination:" + secret)
+    return md5hex(f"{without_userinfo(url)}\n{secret_hash}")[:16]
+
+
+def accepted_destinations(
+    collector_url: str, shared_secret_key: str, headers: Mapping[str, str] | None = None
+) -> frozenset[str]:
+    """The destinations a sender of this configuration sends: its own, and its pre-0.3 form.
+
+    Versions before the user part and the headers were in the destination
+    bound events to the URL without its user part and the key only. Those
+    events were logged before the upgrade, by whichever configuration of
+    that URL and key, and nothing tells them apart any more: any sender of
+    that URL and key sends them (as those versions did), so an upgrade
+    never leaves them waiting.
+    """
+    return frozenset(
+        {
+            destination_id(collector_url, shared_secret_key, headers),
+            _destination_hash(track_url(collector_url), shared_secret_key),
+        }
+    )
 
 
 def _required(name: str, value: object) -> str:
@@ -410,7 +460,8 @@ class ClientTracker:
             "max_bytes": _count("max_queue_bytes", max_queue_bytes),
             "min_free_bytes": _size("min_free_bytes", o["min_free_bytes"]),
         }
-        self.destination = destination_id(url, secret)
+        self.destination = destination_id(url, secret, extra_headers)
+        self._accepted = accepted_destinations(url, secret, extra_headers)
         #: The last nr this tracker handed out per session: carried into a new
         #: database if the folder is deleted or a corrupt one is set aside.
         self._numbers: dict[str, int] = {}
@@ -460,7 +511,7 @@ class ClientTracker:
         self.delivery = Delivery(
             lambda: self.queue, self.transport, self.reporter, self.stats_counters,
             max_batch_events=self.max_batch_events, max_batch_bytes=self.max_batch_bytes,
-            backoff=self._backoff, destination=self.destination,
+            backoff=self._backoff, destination=self._accepted,
         )  # fmt: skip
         if defer:
             if self.schema == 2:
@@ -828,6 +879,11 @@ class ClientTracker:
         why the last write failed (a full or nearly full disk, a lock held
         by another process...) until one succeeds; while the folder cannot
         even be read, the folder's figures are None.
+
+        ``folder`` is the folder's ledger (every process's lifetime counts:
+        ``stored``, ``sent``, ``resent``, ``rejected``, ``set_aside``,
+        ``dropped``... see docs/stats.md), as ``status --json`` shows it;
+        the other counters are this process's.
         """
         out = self.stats_counters.snapshot()
         out["storage_error"] = self.storage_problem
@@ -838,9 +894,10 @@ class ClientTracker:
             out["last_sync"] = queue.last_sync()
             out["rejected_in_queue"] = queue.rejected_count()
             out["aside_in_queue"] = queue.aside_count()
+            out["folder"] = queue.ledger().as_dict()
         except Exception as exc:  # the folder is unusable now: say so, do not raise
             out.update(pending=None, queue_bytes=None, last_sync=None, rejected_in_queue=None)
-            out["aside_in_queue"] = None
+            out.update(aside_in_queue=None, folder=None)
             out["storage_error"] = f"{type(exc).__name__}: {exc}"
         return out
 

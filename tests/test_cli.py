@@ -200,7 +200,16 @@ def test_status_table_and_json_give_the_same_numbers(
     done = run_cli(tmp_path, "status", "--queue-dir", str(queue_dir), "--json")
     assert done.returncode == 0, done.stderr
     doc = json.loads(done.stdout)
-    assert (doc["pending"], doc["rejected"], doc["pending_bytes"]) == (6, 2, pending_bytes)
+    assert (doc["pending"], doc["rejected_in_queue"], doc["pending_bytes"]) == (
+        6,
+        2,
+        pending_bytes,
+    )
+    # The folder's ledger, at top level (docs/stats.md): 8 stored, 2 refused, 1 leased.
+    ledger = {k: doc[k] for k in ("stored", "sent", "rejected", "set_aside", "dropped")}
+    assert ledger == {"stored": 8, "sent": 0, "rejected": 2, "set_aside": 0, "dropped": 0}
+    assert (doc["rejected_by_reason"], doc["resent"], doc["unaccounted"]) == ({"400": 2}, 0, 0)
+    assert doc["waiting_after_rebind"] == 0 and doc["rebind_command"] is None
     assert doc["bytes_on_disk"] > pending_bytes > 0
     assert 0 <= doc["last_sync_age_seconds"] < 60
     assert doc["sessions_seen"] == 2
@@ -220,7 +229,9 @@ def test_status_table_and_json_give_the_same_numbers(
     assert done.returncode == 0, done.stderr
     table = done.stdout
     assert f"pending       6 events, {pending_bytes} bytes" in table
-    assert "rejected      2 events" in table
+    assert "rejected      2 events in the rejected area" in table
+    assert "  stored      8 events" in table
+    assert "  rejected    2 (400 2); retried 0" in table
     assert f"on disk       {doc['bytes_on_disk']} bytes" in table
     for session, row in rows.items():
         line = next(line for line in table.splitlines() if line.startswith(session))
@@ -619,3 +630,27 @@ def test_collector_command_runs_the_development_collector(tmp_path: Path) -> Non
     assert process.returncode == 0
     printed = json.loads(stdout)
     assert (printed["event"], printed["is_testing"]) == ("hamustro_logging.send_test", True)
+
+
+ROTATED_KEY = "old-key"
+
+
+def test_rebind_takes_the_headers_that_are_part_of_the_destination(
+    tmp_path: Path, collector: DevCollector
+) -> None:
+    """A destination with headers: `rebind --headers` (or $HAMUSTRO_HEADERS) names it."""
+    queue_dir = tmp_path / "q"
+    fill(collector, queue_dir, 3, shared_secret_key=ROTATED_KEY)  # logged before a rotation
+    headers = {"X-Tenant": "acme"}
+    env = cli_env(tmp_path, HAMUSTRO_SHARED_SECRET_KEY=TEST_SECRET)
+    env["HAMUSTRO_HEADERS"] = json.dumps(headers)
+    args = ("rebind", "--queue-dir", str(queue_dir), "--collector-url", collector.url)
+    done = run_cli(tmp_path, *args, env=env)
+    assert done.returncode == 0, done.stderr
+    assert "3 events now bound to" in done.stdout
+    config = tracker_config(collector, queue_dir, queue_size=10**6, headers=headers)
+    with ClientTracker(**config) as tracker:
+        assert tracker.flush(timeout=10) is True
+    assert len(collector.wait_for(3)) == 3
+    done = run_cli(tmp_path, *args, "--headers", "[1]", env=env)
+    assert done.returncode == 2 and "headers must be a mapping" in done.stderr

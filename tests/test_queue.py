@@ -128,3 +128,103 @@ def test_set_user_survives_a_new_queue_object_and_signing_out_forgets_it(tmp_pat
     q.set_user("client-1", None, None)
     assert q.load_user("client-1") == (None, None)
     q.close()
+
+
+# -- the ledger (issue 18) -----------------------------------------------------------------
+
+
+def test_settle_counts_each_outcome_in_the_ledger_with_the_rows(tmp_path: Path) -> None:
+    q = Queue(tmp_path)
+    hid = q.register_header("s", HEADER)
+    q.append("s", hid, events(6))
+    batch = q.claim("a", 60)
+    assert batch is not None
+    q.settle(batch, [True, "400", None, None, True, "413"], kept_maybe_sent=[False] * 6)
+    ledger = q.ledger()
+    assert (ledger.stored, ledger.sent, ledger.resent) == (6, 2, 0)
+    assert ledger.rejected == {"400": 1, "413": 1}
+    assert ledger.unaccounted(q.pending_count()) == 0
+    q.retry_rejected()
+    assert q.ledger().retried == 2 and q.ledger().unaccounted(q.pending_count()) == 0
+
+
+def test_a_resend_is_counted_at_its_claim_and_taken_back_when_nothing_was_stored(
+    tmp_path: Path,
+) -> None:
+    q = Queue(tmp_path)
+    hid = q.register_header("s", HEADER)
+    q.append("s", hid, events(3))
+    first = q.claim("a", 60)
+    assert first is not None
+    assert q.release(first, maybe_sent=True).resent == 0  # a first send is no duplicate
+    second = q.claim("a", 60)
+    assert second is not None
+    assert q.ledger().resent == 3  # counted before the request goes out
+    assert q.release(second, maybe_sent=False).resent == 0  # "not stored": taken back
+    assert q.ledger().resent == 0
+    third = q.claim("a", 60)  # the first attempt's mark is still there
+    assert third is not None and q.ledger().resent == 3
+    assert q.ack(third).resent == 3 and q.ledger().resent == 3
+
+
+def test_only_the_part_of_a_split_batch_a_gateway_may_have_stored_keeps_its_mark(
+    tmp_path: Path,
+) -> None:
+    q = Queue(tmp_path)
+    hid = q.register_header("s", HEADER)
+    q.append("s", hid, events(4))
+    batch = q.claim("a", 60)
+    assert batch is not None
+    # halves: the first got a 200, the second's request a 502 (maybe stored)
+    q.settle(batch, [True, True, None, None], kept_maybe_sent=[False, False, True, True])
+    again = q.claim("a", 60)
+    assert again is not None and [nr for nr, _ in again.frames()] == [3, 4]
+    assert q.ack(again).resent == 2 and q.ledger().resent == 2
+
+
+def test_add_to_ledger_takes_known_names_and_counts_that_only_grow(tmp_path: Path) -> None:
+    q = Queue(tmp_path)
+    q.add_to_ledger({"dropped/closed": 2, "dropped/invalid": 1})
+    with q._transaction():  # also inside the caller's transaction
+        q.add_to_ledger({"dropped/closed": 1})
+    assert q.ledger().dropped == {"closed": 3, "invalid": 1}
+    for bad in ({"delivered": 1}, {"dropped/Bad Reason": 1}, {"dropped/closed": -1}):
+        try:
+            q.add_to_ledger(bad)
+        except ValueError:
+            continue
+        raise AssertionError(f"accepted {bad}")
+    assert q.ledger().dropped_total == 4
+
+
+def test_fates_say_where_each_range_of_numbers_is(tmp_path: Path) -> None:
+    q = Queue(tmp_path, chunk_events=2)
+    hid = q.register_header("s", HEADER)
+    q.append("s", hid, events(8))
+    batch = q.claim("a", 60, max_events=6)
+    assert batch is not None and batch.count == 6
+    q.settle(batch, [True, True, "400", None, True, True])
+    fates = q.fates("s", [(1, 2), (3, 4), (5, 8), (9, 9)])
+    assert [(f.pending, f.rejected, f.set_aside, f.delivered) for f in fates] == [
+        (0, 0, 0, 2),
+        (1, 1, 0, 0),
+        (2, 0, 0, 2),
+        (0, 0, 0, 1),  # a number never stored reads as not held: the caller knows its own
+    ]
+
+
+def test_rebind_keeps_the_old_group_so_its_writer_goes_on_logging_into_it(tmp_path: Path) -> None:
+    writer = Queue(tmp_path)
+    hid = writer.register_header("s", HEADER, "old")
+    writer.append("s", hid, events(2))
+    cli = Queue(tmp_path)
+    assert cli.rebind("new") == 2
+    writer.append("s", hid, events(3))  # the old app, still running
+    sender = Queue(tmp_path)
+    new = sender.claim("b", 60, destination="new")
+    assert new is not None and new.count == 2
+    assert sender.claim("b", 60, destination="new") is None  # the 3 wait for "old"
+    assert sender.aside_count() == 0 and sender.pending_count() == 5
+    assert cli.rebind("new") == 3  # a later rebind moves them too
+    for q in (writer, cli, sender):
+        q.close()

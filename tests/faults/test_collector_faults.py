@@ -23,7 +23,7 @@ from hamustro_logging import ClientTracker, HamustroHandler
 from hamustro_logging.collector import DevCollector
 from hamustro_logging.wire import session_id, sha256hex
 
-from ..support import TEST_SECRET, dead_url, numbers, tracker_config
+from ..support import TEST_SECRET, assert_ledger_adds_up, dead_url, numbers, tracker_config
 
 SESSION = session_id(sha256hex("device-1"), "client-1", "OS X 10.11", "1.0.0")
 
@@ -99,6 +99,7 @@ def test_collector_down_mid_run_and_back_on_the_same_port(make_handler: MakeHand
     assert user_ids(received) == list(range(40))
     assert numbers(received) == [(SESSION, nr) for nr in range(1, 41)]  # none lost, none twice
     assert handler.stats()["pending"] == 0
+    assert assert_ledger_adds_up(handler.tracker.queue_dir, 40).sent == 40
 
 
 # -- backoff spaces attempts out -----------------------------------------------------
@@ -138,6 +139,7 @@ def test_backoff_spaces_attempts_out_against_a_dead_collector(
     assert 2 <= attempts <= most_attempts(elapsed, base=0.2, cap=1.0)
     assert attempts < 20
     assert handler.stats()["pending"] == 200
+    assert assert_ledger_adds_up(handler.tracker.queue_dir, 200).resent == 0  # never reached
 
 
 # -- 429 with Retry-After -------------------------------------------------------------
@@ -162,6 +164,8 @@ def test_429_retry_after_is_obeyed_and_a_forced_flush_delivers(
         assert t.flush(timeout=10) is True  # an explicit flush does not wait
         assert user_ids(collector.events()) == [1, 2]
         assert collector.answered() == {429: 1, 200: 1}
+    # A 429 may come from a gateway that forwarded: the resend is counted.
+    assert assert_ledger_adds_up(tmp_path / "q", 2).resent == 1
 
 
 # -- a slow collector ------------------------------------------------------------------
@@ -187,6 +191,7 @@ def test_slow_answers_deliver_everything_and_emit_stays_cheap(
     assert numbers(events) == [(SESSION, nr) for nr in range(1, 102)]
     stats = handler.stats()
     assert (stats["sent"], stats["failed_attempts"], stats["dropped"]) == (101, 0, {})
+    assert assert_ledger_adds_up(handler.tracker.queue_dir, 101).resent == 0
 
 
 # -- an answer that never comes -------------------------------------------------------
@@ -212,3 +217,4 @@ def test_an_answer_that_never_comes_times_out_and_a_later_attempt_delivers(
     assert stats["failed_attempts"] >= 1
     assert stats["sent"] == 5
     assert stats["resent"] == 5  # the whole timed-out batch (all 5: sent only once due)
+    assert assert_ledger_adds_up(handler.tracker.queue_dir, 5).resent == 5

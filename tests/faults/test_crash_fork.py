@@ -27,7 +27,15 @@ from hamustro_logging.collector import DevCollector
 from hamustro_logging.handler import HANDLER_OPTIONS
 from hamustro_logging.queue import Queue
 
-from ..support import FAST, IDENTITY, SESSION, collector_at, dead_url, pending_in
+from ..support import (
+    FAST,
+    IDENTITY,
+    SESSION,
+    assert_ledger_adds_up,
+    collector_at,
+    dead_url,
+    pending_in,
+)
 
 #: Shared by every script: build the handler from argv[1] (JSON), attach it.
 PRELUDE = """
@@ -265,6 +273,7 @@ def test_sigkill_while_collector_is_dead_loses_nothing(
     assert numbers(events) == list(range(1, 501))  # exactly once: it never reached a collector
     assert sorted(json.loads(e["parameters"])["i"] for e in events) == list(range(500))
     assert pending_in(queue_dir) == 0
+    assert assert_ledger_adds_up(queue_dir, 500).resent == 0  # no request ever got out
 
 
 # -- B. SIGKILL while a POST is in flight ----------------------------------------
@@ -296,6 +305,7 @@ def test_sigkill_while_posting_loses_nothing(
         handler.close()
     assert once_or_counted(collector.events(), 10, resent)
     assert resent == 1  # the batch in flight at the kill went out again, and is counted
+    assert assert_ledger_adds_up(queue_dir, 10).resent == 1
 
 
 # -- C. a real fork ----------------------------------------------------------------
@@ -315,6 +325,7 @@ def test_fork_child_gets_own_threads_and_numbers_stay_unique(
     parent = [e for e in events if e["user_id"] is None]
     assert sorted(json.loads(e["parameters"])["i"] for e in parent) == [0, 1, 2, 3]
     assert pending_in(tmp_path / "q") == 0
+    assert assert_ledger_adds_up(tmp_path / "q", 7).sent == 7
 
 
 def test_fork_while_handler_threads_write_does_not_deadlock_the_child(
@@ -367,6 +378,7 @@ def test_exit_with_dead_collector_is_prompt_and_next_run_delivers(
         assert done.returncode == 0, done.stderr
         assert numbers(revived.events()) == list(range(1, 101))  # sent by logging.shutdown
     assert pending_in(queue_dir) == 0
+    assert assert_ledger_adds_up(queue_dir, 100).sent == 100
 
 
 def test_exit_with_hanging_collector_is_prompt(
@@ -384,3 +396,4 @@ def test_exit_with_hanging_collector_is_prompt(
     assert took < exit_bound(close_timeout), f"the exit took {took:.1f} s"
     assert collector.events() == []
     assert pending_in(queue_dir) == 100  # nothing lost, it waits for the next run
+    assert assert_ledger_adds_up(queue_dir, 100).stored == 100

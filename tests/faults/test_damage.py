@@ -14,6 +14,7 @@ import pickle
 import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,9 +23,10 @@ import pytest
 
 from hamustro_logging import ClientTracker, HamustroHandler
 from hamustro_logging.collector import DevCollector
+from hamustro_logging.reader import QueueReader
 from hamustro_logging.wire import iter_frames
 
-from ..support import numbers, tracker_config
+from ..support import assert_ledger_adds_up, numbers, tracker_config
 
 ROOT = Path(__file__).resolve().parents[2]
 OTHER_VERSION = "2.0.0"  # a second group in the folder: the one damaged
@@ -163,6 +165,8 @@ def test_a_damaged_row_is_set_aside_and_every_other_event_goes_out(
     with ClientTracker(**tracker_config(collector, folder, queue_size=10**6)) as t:
         assert t.stats()["aside_in_queue"] == len(aside)
         assert t.flush(timeout=10) is True
+    ledger = assert_ledger_adds_up(folder, 13)
+    assert ledger.set_aside == 5 - len(deliverable)  # the events of the rows set aside
 
 
 def test_status_shows_the_rows_set_aside(tmp_path: Path, collector: DevCollector) -> None:
@@ -175,7 +179,7 @@ def test_status_shows_the_rows_set_aside(tmp_path: Path, collector: DevCollector
     done = run_status(folder, "--json")
     assert done.returncode == 0, done.stderr
     doc = json.loads(done.stdout)
-    assert [v for k, v in doc.items() if "aside" in k] == [1], doc
+    assert (doc["aside_in_queue"], doc["set_aside"]) == (1, 0), doc  # a row, not an event of ours
     done = run_status(folder)
     assert done.returncode == 0, done.stderr
     assert any("aside" in line and "1" in line for line in done.stdout.splitlines())
@@ -223,6 +227,7 @@ def test_a_tampered_counter_is_rebuilt_and_new_events_are_stored(
     assert sorted(e["user_id"] for e in collector.wait_for(8)) == list(range(8))
     assert execute(folder, "SELECT mode, value FROM Cache WHERE key = 's/pending'") == [(1, 0)]
     assert not marker.exists()
+    assert assert_ledger_adds_up(folder, 8).sent == 8
 
 
 # -- damage SQLite notices only after opening ------------------------------------------------
@@ -344,6 +349,24 @@ def log_100(tracker: ClientTracker) -> dict[int, int]:
     return logged
 
 
+def check_ledger(folder: Path, sent: int, damaged_at: float, err: str) -> None:
+    """The ledger adds up: what could not be read counts as set aside (in the file kept).
+
+    Unless the ledger's own rows were in the damage: then counting started
+    again at the salvage (said on stderr), and only the 20 events logged
+    after it are in its books.
+    """
+    with QueueReader(folder) as reader:
+        since = reader.ledger().since
+    assert since is not None
+    if since >= damaged_at:
+        assert "counting starts again" in err
+        assert assert_ledger_adds_up(folder, 20).sent == 20
+    else:
+        ledger = assert_ledger_adds_up(folder, 120)
+        assert ledger.sent == sent and ledger.set_aside == 120 - sent
+
+
 @pytest.mark.parametrize("spoil", SPOILS)
 def test_a_database_damaged_under_a_running_tracker_is_set_aside_and_numbering_goes_on(
     tmp_path: Path,
@@ -357,6 +380,7 @@ def test_a_database_damaged_under_a_running_tracker_is_set_aside_and_numbering_g
         logged = log_100(t)
         t.queue.close()  # this thread's connection: the only one
         checkpoint(folder)
+        damaged_at = time.time()
         damage(folder / "cache.db")
         found, _ = readable(folder / "cache.db", t.session)
         new_nrs = [t.track_event("e", user_id=i) for i in range(100, 120)]
@@ -377,6 +401,7 @@ def test_a_database_damaged_under_a_running_tracker_is_set_aside_and_numbering_g
     else:  # SQLite saw nothing wrong: the chunk whose bytes are garbage is set aside
         assert stats["aside_in_queue"] >= 1
         assert len(old) + stats["aside_in_queue"] * 12 >= 100
+    check_ledger(folder, stats["sent"], damaged_at, err)
 
 
 @pytest.mark.parametrize("spoil", SPOILS)
@@ -393,6 +418,7 @@ def test_a_damaged_database_opened_by_a_new_handler_is_salvaged(
         logged = log_100(t)
         session = t.session
     checkpoint(folder)
+    damaged_at = time.time()
     damage(folder / "cache.db")
     found, counter = readable(folder / "cache.db", session)
 
@@ -416,6 +442,8 @@ def test_a_damaged_database_opened_by_a_new_handler_is_salvaged(
     assert old >= found, f"readable but not delivered: {sorted(found - old)}"
     # No new event took a number that could be read (a readable event's, or the counter).
     assert min(new_nrs) > max(found | {counter})
+    err = capfd.readouterr().err
     if noticed:
         assert list(folder.glob("cache.db.corrupt-*"))
-        assert capfd.readouterr().err.count("is corrupt") == 1
+        assert err.count("is corrupt") == 1
+    check_ledger(folder, stats["sent"], damaged_at, err)

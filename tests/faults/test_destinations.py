@@ -16,7 +16,7 @@ from hamustro_logging import ClientTracker, HamustroHandler
 from hamustro_logging.cli import main
 from hamustro_logging.collector import DevCollector
 
-from ..support import TEST_SECRET, collector_at, numbers, tracker_config
+from ..support import TEST_SECRET, assert_ledger_adds_up, collector_at, numbers, tracker_config
 
 
 @pytest.fixture
@@ -67,6 +67,7 @@ def test_a_folder_shared_by_two_collectors_delivers_each_event_to_its_own(
     assert sorted(e["user_id"] for e in received_b) == list(range(40))
     # One session, one counter: the two deployments never share a number.
     assert not set(numbers(received_a)) & set(numbers(received_b))
+    assert assert_ledger_adds_up(folder, 80).sent == 80
     err = capfd.readouterr().err
     assert "logged for another collector or key" in err
     # Said once per group and sender, not once per pass.
@@ -92,6 +93,7 @@ def test_a_sender_with_another_key_leaves_the_events_alone(
         old.flush(timeout=10)
     assert sorted(e["user_id"] for e in collector.wait_for(5)) == list(range(5))
     assert {e["event"] for e in collector.events()} == {"old_key"}
+    assert assert_ledger_adds_up(folder, 6).sent == 5  # the new key's event waits for it
 
 
 def test_the_default_folder_depends_on_the_collector(
@@ -116,6 +118,8 @@ def test_the_default_folder_depends_on_the_collector(
     assert {e["event"] for e in collector.wait_for(5)} == {"for_a"}
     assert {e["event"] for e in other_collector.wait_for(5)} == {"for_b"}
     assert len(collector.events()) == len(other_collector.events()) == 5
+    assert assert_ledger_adds_up(a.queue_dir, 5).sent == 5
+    assert assert_ledger_adds_up(b.queue_dir, 5).sent == 5
 
 
 OLD_KEY, NEW_KEY = "old-key", "new-key"
@@ -147,3 +151,4 @@ def test_after_a_key_rotation_rebind_sends_the_old_events_with_the_new_key(
         events = after.wait_for(5)
     assert sorted(e["user_id"] for e in events) == list(range(5))
     assert sorted(e["nr"] for e in events) == [1, 2, 3, 4, 5]  # the same numbers, once each
+    assert assert_ledger_adds_up(folder, 5).resent == 5

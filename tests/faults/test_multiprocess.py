@@ -21,7 +21,7 @@ from pathlib import Path
 from hamustro_logging.collector import DevCollector
 from hamustro_logging.wire import session_id, sha256hex
 
-from ..support import pending_in
+from ..support import assert_ledger_adds_up, pending_in
 
 SESSION = session_id(sha256hex("device-1"), "client-1", "OS X 10.11", "1.0.0")
 WORKERS = 4
@@ -175,6 +175,7 @@ def test_four_processes_on_one_folder_send_each_event_once(
     assert len(events) == WORKERS * EVENTS_PER_WORKER
     assert_each_event_exactly_once(events)
     assert pending_in(tmp_path / "q") == 0
+    assert assert_ledger_adds_up(tmp_path / "q", 2000).sent == 2000
 
 
 def test_four_processes_through_errors_and_drops_lose_nothing_and_duplicate_nothing(
@@ -188,6 +189,10 @@ def test_four_processes_through_errors_and_drops_lose_nothing_and_duplicate_noth
     assert collector.answered()[500] == 10  # every injected fault was met
     assert_each_event_exactly_once(collector.events())
     assert pending_in(tmp_path / "q") == 0
+    # The 500s and the drops were answers that may have followed a store: their
+    # resends are counted, though this collector stored nothing then.
+    ledger = assert_ledger_adds_up(tmp_path / "q", 2000)
+    assert ledger.sent == 2000 and ledger.resent >= 0
 
 
 def test_fork_while_another_connection_holds_the_write_lock(
@@ -206,3 +211,4 @@ def test_fork_while_another_connection_holds_the_write_lock(
     assert {e["session"] for e in events} == {SESSION}
     assert sorted(int(str(e["user_id"])) for e in events) == [100, 101, 102, 200, 201]
     assert pending_in(tmp_path / "q") == 0
+    assert assert_ledger_adds_up(tmp_path / "q", 5).sent == 5

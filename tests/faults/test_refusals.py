@@ -12,7 +12,7 @@ from hamustro_logging.collector import DevCollector
 from hamustro_logging.queue import QueueFull, SafeDisk
 from hamustro_logging.wire import iter_frames, varint
 
-from ..support import numbers, tracker_config
+from ..support import assert_ledger_adds_up, numbers, tracker_config
 
 
 def break_event(queue_dir: Path, nr: int) -> None:
@@ -54,6 +54,8 @@ def test_a_refused_event_is_set_aside_and_the_rest_delivered(
         assert t.flush() is True
         assert t.stats()["rejected_in_queue"] == 1
     assert len(collector.events()) == 8
+    ledger = assert_ledger_adds_up(tmp_path, 9)  # refused twice, moved back once
+    assert (ledger.sent, ledger.rejected, ledger.retried) == (8, {"400": 2}, 1)
 
 
 def test_a_lost_200_gives_a_counted_duplicate_and_nothing_lost(
@@ -68,6 +70,7 @@ def test_a_lost_200_gives_a_counted_duplicate_and_nothing_lost(
         assert t.stats()["resent"] == 3
     received = numbers(collector.wait_for(6))
     assert sorted(set(received)) == received[::2] == [(received[0][0], n) for n in (1, 2, 3)]
+    assert assert_ledger_adds_up(tmp_path, 3).resent == 3
 
 
 def test_a_full_queue_refuses_and_counts(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
@@ -81,3 +84,4 @@ def test_a_full_queue_refuses_and_counts(tmp_path: Path, capfd: pytest.CaptureFi
             t.track_event("d")
         assert t.stats()["dropped"] == {"queue_full": 2}
     assert capfd.readouterr().err.count("is full") == 1  # said once per streak
+    assert assert_ledger_adds_up(tmp_path, 4).dropped == {"queue_full": 2}

@@ -24,7 +24,7 @@ from hamustro_logging.collector import DevCollector
 from hamustro_logging.queue import SafeDisk
 from hamustro_logging.wire import iter_frames, varint
 
-from ..support import pending_in, tracker_config
+from ..support import assert_ledger_adds_up, pending_in, tracker_config
 from .test_crash_fork import (
     KILL_WHILE_POSTING,
     KILL_WHILE_WAITING,
@@ -209,3 +209,5 @@ def test_a_refused_event_is_set_aside_and_the_rest_delivered(
         assert t.flush() is True
         assert t.stats()["rejected_in_queue"] == 1
     assert len(collector2.events()) == 8
+    ledger = assert_ledger_adds_up(tmp_path, 9)
+    assert (ledger.sent, ledger.rejected, ledger.retried) == (8, {"400": 2}, 1)
