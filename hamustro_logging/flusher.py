@@ -185,6 +185,9 @@ class Flusher:
             self._retry_journal_at = time.monotonic() + _STORAGE_RETRY
             self._keep(body)
             return
+        if self._dropping:
+            self._dropping = False
+            self.tracker.reporter.recovered("buffer", "events are written to the journal again")
         if self.threads_run:
             if not self._spool_wake.is_set():
                 self._spool_wake.set()
