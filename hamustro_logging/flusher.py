@@ -35,7 +35,6 @@ holds the handler's lock; every such wait has a deadline.
 
 from __future__ import annotations
 
-import bisect
 import contextlib
 import os
 import threading
@@ -142,6 +141,7 @@ class Flusher:
         self.forked = False  # a forked child: no threads, flush() works on the caller's thread
         self._ranges_lock = threading.Lock()
         self._ranges: list[tuple[int, int]] = []  # nr ranges stored by us, not known delivered
+        self._dropped_seen = 0  # stats()'s dropped total at the last flush()
 
     def _meta(self) -> JournalMeta:
         t = self.tracker
@@ -431,22 +431,32 @@ class Flusher:
             self._send_wake.set()
 
     def _all_mine_delivered(self) -> bool:
-        """True if no nr this handler stored is still unsent; forgets those delivered."""
-        unsent = sorted(self.tracker.queue.unsent_ranges(self.tracker.session))
-        starts = [first for first, _ in unsent]
+        """True if every event this handler stored was delivered, and none was lost since.
+
+        Ranges still pending stay for the next ``flush()``; ranges with events
+        the collector refused or that were set aside as unusable make the
+        answer False (said once on stderr, then forgotten: their state is
+        final, ``stats()`` counts them); so does an event dropped since the
+        last ``flush()`` (``stats()["dropped"]``).
+        """
+        tracker = self.tracker
         with self._ranges_lock:
             mine = list(self._ranges)
-
-        def waiting(first: int, last: int) -> bool:
-            # The unsent ranges starting at or before `last`: does the one
-            # reaching furthest reach `first`? (Chunks never overlap.)
-            i = bisect.bisect_right(starts, last)
-            return i > 0 and unsent[i - 1][1] >= first
-
-        delivered = {r for r in mine if not waiting(*r)}
+        fates = tracker.queue.fates(tracker.session, mine) if mine else []
+        settled = {(f.first, f.last) for f in fates if not f.pending}
+        lost = sum(f.rejected + f.set_aside for f in fates)
         with self._ranges_lock:
-            self._ranges = [r for r in self._ranges if r not in delivered]
-        return len(delivered) == len(mine)
+            self._ranges = [r for r in self._ranges if r not in settled]
+            left = bool(self._ranges)
+        dropped = sum(tracker.stats_counters.snapshot()["dropped"].values())
+        newly_dropped, self._dropped_seen = dropped - self._dropped_seen, dropped
+        if lost or newly_dropped:
+            tracker.reporter.once(
+                f"flush(): {lost} events this handler stored were refused by the collector or "
+                f"set aside, and {newly_dropped} were dropped since the last flush() "
+                "(see stats())"
+            )
+        return not (left or lost or newly_dropped)
 
     def wake_waiting(self) -> None:
         """close() is coming: an emit waiting for room stops waiting."""
