@@ -969,7 +969,7 @@ def get(port: int, request: int) -> int | None:
     return pid
 
 
-@pytest.mark.parametrize("kill_every", [None, 10], ids=["recycled", "recycled-and-sigkilled"])
+@pytest.mark.parametrize("kill_every", [None, 5], ids=["recycled", "recycled-and-sigkilled"])
 def test_gunicorn_workers_deliver_every_event_of_an_answered_request(
     kill_every: int | None, collector: DevCollector, tmp_path: Path, processes: Processes
 ) -> None:
