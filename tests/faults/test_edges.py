@@ -22,7 +22,11 @@ def test_a_refused_collection_holds_its_session_back_and_the_others_go_on(
     tmp_path: Path, collector: DevCollector
 ) -> None:
     """When no part of a batch is accepted, the collection itself is at fault, not events."""
-    with ClientTracker(**tracker_config(collector, tmp_path, queue_size=10**6)) as t:
+    # The session is held back for at least half of backoff_base after its
+    # first refusal: a minute, far longer than the passes below take on a
+    # loaded machine (the 0.05 s of the fast test settings is not).
+    config = tracker_config(collector, tmp_path, queue_size=10**6, backoff_base=60.0)
+    with ClientTracker(**{**config, "backoff_cap": 300.0}) as t:
         # A session whose header the collector refuses (its session id does not
         # match its fields), stored as a real group of this sender's.
         bad_header = collection_header(t.device_id, "client-1", "0" * 32, "OS X 10.11", "1.0.0")

@@ -940,6 +940,7 @@ def start_gunicorn(
     (tmp / "wsgi_app.py").write_text(WSGI_APP)
     argv = [sys.executable, "-m", "gunicorn", "--workers", "2", "--bind", "127.0.0.1:0"]
     argv += ["--max-requests", str(MAX_REQUESTS), "--max-requests-jitter", "0"]
+    # (--no-control-socket: gunicorn would make its control socket in $HOME.)
     argv += ["--graceful-timeout", "20", "--no-control-socket", "wsgi_app:app"]
     server = processes.start(argv, "gunicorn", clean_env(PYTHONPATH=python_path(tmp)))
     listening = re.compile(r"Listening at: http://127\.0\.0\.1:(\d+)")
@@ -969,7 +970,7 @@ def get(port: int, request: int) -> int | None:
     return pid
 
 
-@pytest.mark.parametrize("kill_every", [None, 10], ids=["recycled", "recycled-and-sigkilled"])
+@pytest.mark.parametrize("kill_every", [None, 5], ids=["recycled", "recycled-and-sigkilled"])
 def test_gunicorn_workers_deliver_every_event_of_an_answered_request(
     kill_every: int | None, collector: DevCollector, tmp_path: Path, processes: Processes
 ) -> None:
