@@ -343,7 +343,7 @@ class Flusher:
             self._flush_deadline = deadline
             self._send_wake.set()
             sent = self._cond.wait_for(lambda: self._flush_done >= ticket, _left(deadline))
-        if not (written and sent):
+        if not (written and sent) or self._overflow:  # (kept in memory: not even journaled)
             return False
         try:
             return self._all_mine_delivered()
