@@ -267,8 +267,11 @@ def test_bad_records_are_reported_once_each_and_good_ones_arrive(
     logging.getLogger("shop").info("x", extra={"event": "not-json", "params": {"x": weird}})
     logging.getLogger("shop").info("last", extra={"event": "good", "user_id": 99})
 
-    assert handler.flush() is True
+    # Sent, but False: a record was dropped (a bad field) since the last flush.
+    assert handler.flush() is False
     lines = capsys.readouterr().err.splitlines()
+    assert lines[-1].startswith("hamustro-logging: flush(): 0 events")  # the drops, said
+    lines = lines[:-1]
     assert len(lines) == len(BAD_RECORDS), lines
     for i, (line, (_, field, type_name)) in enumerate(zip(lines, BAD_RECORDS, strict=True)):
         assert line.startswith("hamustro-logging: ")
@@ -654,7 +657,8 @@ def test_map_record_override(
     log.info("track:signup", extra={"user_id": 5, "plan": "pro"})
     log.info("not tracked", extra={"event": "ignored"})  # the override decides, not `event`
     log.info("track:bad", extra={"user_id": "five"})
-    assert handler.flush() is True
+    # Sent, but False: a record was dropped (a bad field) since the last flush.
+    assert handler.flush() is False
     (event,) = collector.events()
     assert event["event"] == "signup"
     assert event["user_id"] == 5
