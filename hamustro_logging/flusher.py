@@ -142,6 +142,7 @@ class Flusher:
         self._ranges_lock = threading.Lock()
         self._ranges: list[tuple[int, int]] = []  # nr ranges stored by us, not known delivered
         self._dropped_seen = 0  # stats()'s dropped total at the last flush()
+        self._drops_booked: dict[str, int] = {}  # drops already in the folder's ledger
 
     def _meta(self) -> JournalMeta:
         t = self.tracker
@@ -563,6 +564,7 @@ class Flusher:
                     self._room.notify_all()
                 return False
             self._account(moved)
+            self._book_drops()
             if self._storage_error is not None:
                 self._storage_error = None
                 self.tracker.storage_problem = None
@@ -570,6 +572,26 @@ class Flusher:
             return self.writer.waiting() == 0
         finally:
             self._spool_lock.release()
+
+    def _book_drops(self) -> None:
+        """Add the events this handler dropped before they reached the store to the folder's ledger.
+
+        (``queue_full`` drops are booked by the store itself, with its rows.)
+        Best effort: counts not booked yet die with the process.
+        """
+        dropped = self.tracker.stats_counters.snapshot()["dropped"]
+        delta = {
+            f"dropped/{reason}": n - self._drops_booked.get(reason, 0)
+            for reason, n in dropped.items()
+            if reason != "queue_full" and n > self._drops_booked.get(reason, 0)
+        }
+        if not delta:
+            return
+        try:
+            self.tracker.queue.add_to_ledger(delta)
+        except Exception:  # the store is unusable now: booked at a later pass
+            return
+        self._drops_booked = dict(dropped)
 
     def _account(self, moved: Moved) -> None:
         stored = dropped = 0

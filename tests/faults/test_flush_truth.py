@@ -41,3 +41,16 @@ def test_flush_is_false_when_an_event_was_dropped(
     assert handler.flush(timeout=30) is False
     assert handler.stats()["dropped"] == {"invalid": 1}
     assert [e["event"] for e in collector.events()] == ["ok"]
+
+
+def test_a_dropped_record_is_in_the_folders_ledger(
+    collector: DevCollector, tmp_path: Path, log: logging.Logger
+) -> None:
+    handler = HamustroHandler(**tracker_config(collector, tmp_path / "q", queue_size=10**6))
+    log.addHandler(handler)
+    log.info("e", extra={"event": "ok"})
+    log.info("e", extra={"event": "bad", "user_id": "not an int"})
+    handler.flush(timeout=30)
+    ledger = handler.tracker.queue.ledger()
+    assert ledger.dropped == {"invalid": 1}
+    assert ledger.sent == 1
