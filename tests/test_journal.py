@@ -247,12 +247,12 @@ for i in range(cfg["n"]):
     log.warning("e", extra={"event": "e", "user_id": i})
     acked = i + 1
     if i == cfg["fill_at"]:  # another file takes every byte left
-        with open(cfg["filler"], "wb") as f:
-            try:
+        try:  # (the close's flush may meet the full disk too)
+            with open(cfg["filler"], "wb", buffering=0) as f:
                 while True:
                     f.write(b"x" * 65536)
-            except OSError:
-                pass
+        except OSError:
+            pass
 stats = handler.stats()
 print(json.dumps({"acked": acked, "dropped": stats["dropped"]}), flush=True)
 os._exit(0)

@@ -69,8 +69,9 @@ def test_a_folder_shared_by_two_collectors_delivers_each_event_to_its_own(
     assert not set(numbers(received_a)) & set(numbers(received_b))
     assert assert_ledger_adds_up(folder, 80).sent == 80
     err = capfd.readouterr().err
-    assert "logged for another collector or key" in err
-    # Said once per group and sender, not once per pass.
+    # Said when a sender meets the other's pending events (with the journal each
+    # handler may have sent its own before the other looks: then never), and
+    # then once per group and sender, not once per pass.
     assert err.count("logged for another collector or key") <= 2
 
 
