@@ -112,7 +112,7 @@ from .ledger import LEDGER_PREFIX, SINCE, Ledger, ledger_key
 from .owners import lease_held, new_owner, token_owner, writer_alive
 from .salvage import SALVAGE_SECONDS, known_numbers, read_slice, rows_with
 from .sendlock import SendLock
-from .wire import UINT32_MAX, encode_payloads, iter_frames, md5hex, number_bodies
+from .wire import UINT32_MAX, count_frames, encode_payloads, iter_frames, md5hex, number_bodies
 
 __all__ = [
     "NUMBER_GAP",
@@ -514,10 +514,7 @@ def parse_chunk_key(key: str) -> tuple[str, str, int, int] | None:
 
 def _frame_count(value: bytes) -> int:
     """How many payload frames ``value`` holds; -1 if it is not a run of frames."""
-    try:
-        return sum(1 for _ in iter_frames(value))
-    except (ValueError, IndexError):
-        return -1
+    return count_frames(value)
 
 
 @contextlib.contextmanager

@@ -178,18 +178,8 @@ class Spool:
             seen.update(start=0, sealed=False)
 
             def read(offset: int) -> tuple[int, list[bytes]]:
-                seen["start"] = end = offset
-                bodies: list[bytes] = []
-                for after, kind, body in segment.records(offset, batch + 1):
-                    if kind == "Z":
-                        seen["sealed"] = True
-                        end = after
-                        break
-                    if kind == "E":
-                        if len(bodies) == batch:
-                            break
-                        bodies.append(body)
-                    end = after
+                end, bodies, seen["sealed"] = segment.events(offset, batch)
+                seen["start"] = offset
                 return end, bodies
 
             own = segment.own

@@ -35,6 +35,7 @@ __all__ = [
     "Event2",
     "collection_header",
     "collection_header_v2",
+    "count_frames",
     "encode_parameters",
     "encode_payload",
     "encode_payloads",
@@ -185,13 +186,33 @@ _SMALL = [bytes((i,)) for i in range(128)]
 def varint(value: int) -> bytes:
     """Protobuf base-128 varint of a non-negative int.
 
-    >>> varint(1).hex(), varint(300).hex()
-    ('01', 'ac02')
+    >>> varint(1).hex(), varint(300).hex(), varint(1_700_000_000).hex()
+    ('01', 'ac02', '80e2cfaa06')
     """
-    if value < 128:
+    # Unrolled for what an event holds (lengths, numbers, epoch seconds):
+    # this runs for every event, on the app's thread and the spool's.
+    if value < 0x80:
         return _SMALL[value]
+    if value < 0x4000:
+        return bytes((value & 0x7F | 0x80, value >> 7))
+    if value < 0x200000:
+        return bytes((value & 0x7F | 0x80, value >> 7 & 0x7F | 0x80, value >> 14))
+    if value < 0x10000000:
+        return bytes(
+            (value & 0x7F | 0x80, value >> 7 & 0x7F | 0x80, value >> 14 & 0x7F | 0x80, value >> 21)
+        )
+    if value < 0x800000000:  # (epoch seconds until 3058)
+        return bytes(
+            (
+                value & 0x7F | 0x80,
+                value >> 7 & 0x7F | 0x80,
+                value >> 14 & 0x7F | 0x80,
+                value >> 21 & 0x7F | 0x80,
+                value >> 28,
+            )
+        )
     out = bytearray()
-    while value >= 128:
+    while value >= 0x80:
         out.append((value & 0x7F) | 0x80)
         value >>= 7
     out.append(value)
@@ -390,24 +411,70 @@ def number_bodies(bodies: Sequence[bytes], first_nr: int, schema: int) -> list[b
     tag = FRAME_TAGS[schema]
     out: list[bytes] = []
     append = out.append
+    join = b"".join
     nr = first_nr
     for body in bodies:
-        if body[:1] != b"E":
-            raise ValueError("corrupt journal record: not an event")
-        head_len, start = _read_varint(body, 1)
+        # b"E", the head's length (one byte below 128: the common case), head, tail
+        head_len = body[1] if len(body) > 1 else 0x80
+        if head_len < 0x80 and body[0] == 0x45:  # (0x45: "E")
+            start = 2
+        else:
+            if body[:1] != b"E":
+                raise ValueError("corrupt journal record: not an event")
+            head_len, start = _read_varint(body, 1)
         split = start + head_len
         if split > len(body):
             raise ValueError("corrupt journal record: its head runs past its end")
-        number = b"\x18" + varint(nr)
+        number = varint(nr)
+        size = len(body) - start + 1 + len(number)
         append(
-            tag
-            + varint(len(body) - start + len(number))
-            + body[start:split]
-            + number
-            + body[split:]
+            join(
+                (
+                    tag,
+                    _SMALL[size] if size < 0x80 else varint(size),
+                    body[start:split],
+                    b"\x18",
+                    number,
+                    body[split:],
+                )
+            )
         )
         nr += 1
     return out
+
+
+def count_frames(chunk: bytes) -> int:
+    """How many payload frames ``chunk`` holds; -1 if it is not a run of frames of one schema.
+
+    The check a claim makes of every chunk it reads (see :func:`iter_frames`),
+    without making the frames.
+
+    >>> from hamustro_logging.wire import Event, encode_payload
+    >>> a = encode_payload(Event(1, b"a"), 1)
+    >>> count_frames(a + a), count_frames(a[:-1]), count_frames(b"")
+    (2, -1, 0)
+    """
+    end = len(chunk)
+    if not end:
+        return 0
+    tag = chunk[0]
+    if tag not in _FRAME_SCHEMAS:
+        return -1
+    pos = count = 0
+    try:
+        while pos < end:
+            if chunk[pos] != tag:
+                return -1
+            length = chunk[pos + 1]
+            if length < 0x80:
+                pos += 2 + length
+            else:
+                length, start = _read_varint(chunk, pos + 1)
+                pos = start + length
+            count += 1
+    except IndexError:
+        return -1
+    return count if pos == end else -1
 
 
 #: A frame's first byte (its ``Collection.payloads`` tag) -> its schema.
