@@ -82,6 +82,9 @@ RULES: list[tuple[str, str]] = [
     ("hamustro_logging/tracker.py", "tracker (session, numbering, triggers)"),
     ("hamustro_logging/handler.py", "handler.emit (filter, hand-over)"),
     ("hamustro_logging/flusher.py", "flusher (buffer, wake-ups, thread loops)"),
+    ("hamustro_logging/intake.py", "flusher (buffer, wake-ups, thread loops)"),
+    ("hamustro_logging/sender.py", "flusher (buffer, wake-ups, thread loops)"),
+    ("hamustro_logging/ranges.py", "flusher (buffer, wake-ups, thread loops)"),
     ("/logging/__init__.py", "stdlib logging (Logger.info, LogRecord)"),
     ("/logging/handlers.py", "stdlib logging (Logger.info, LogRecord)"),
 ]
