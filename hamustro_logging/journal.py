@@ -65,7 +65,7 @@ import secrets
 import stat
 import struct
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 from .folder import UnsafeQueueFolder, open_private
@@ -79,6 +79,7 @@ __all__ = [
     "Segment",
     "open_segment",
     "segment_names",
+    "unmoved_events",
 ]
 
 MAGIC = b"HAMJRNL1"
@@ -545,3 +546,52 @@ def open_segment(queue_dir: str | os.PathLike[str], name: str) -> Segment | None
         with contextlib.suppress(OSError):
             os.close(fd)
         raise
+
+
+def unmoved_events(
+    queue_dir: str | os.PathLike[str], moved_to: Mapping[str, int | None]
+) -> dict[str, int]:
+    """Events written to each segment and not yet moved into the store; writes nothing.
+
+    ``moved_to``: how far the store moved each segment (its offset), None
+    for a segment the store finished (moved to its end). A segment the
+    store has no row for has moved nothing yet. For ``status`` and health
+    checks: the segments are only read (no lock taken, nothing adopted), so
+    a writer or a mover at work is not disturbed; segments that are not
+    this user's private files are passed over.
+    """
+    out: dict[str, int] = {}
+    folder = journal_dir(queue_dir)
+    for name in segment_names(queue_dir):
+        if name in moved_to and moved_to[name] is None:
+            continue
+        try:
+            fd = os.open(os.path.join(folder, name), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            st = os.fstat(fd)
+            if (
+                not stat.S_ISREG(st.st_mode)
+                or (hasattr(os, "geteuid") and st.st_uid != os.geteuid())
+                or st.st_size < START + 8
+                or os.pread(fd, 8, 0) != MAGIC
+            ):
+                continue
+            view = mmap.mmap(fd, st.st_size, mmap.MAP_SHARED, mmap.PROT_READ)
+        except OSError:
+            continue
+        finally:
+            os.close(fd)
+        try:
+            segment = Segment(os.path.join(folder, name), None, st.st_size, False, view)
+            offset, count, sealed = max(START, moved_to.get(name) or 0), 0, False
+            while not sealed:
+                offset, bodies, sealed = segment.events(offset, 10_000)
+                if not bodies:
+                    break
+                count += len(bodies)
+            out[name] = count
+        finally:
+            view.close()
+    return out

@@ -25,6 +25,7 @@ from hamustro_logging.journal import (
     JournalWriter,
     open_segment,
     segment_names,
+    unmoved_events,
 )
 from hamustro_logging.queue import Queue
 from hamustro_logging.spool import Spool
@@ -96,6 +97,30 @@ def test_a_record_is_read_back_and_a_torn_one_ends_the_segment(folder: Path) -> 
     kinds = [kind for _, kind, _ in segment.records(START, 100)]
     segment.close()
     assert kinds == ["M", "E", "E", "E"]  # the torn fourth record is not read
+
+
+def test_unmoved_events_are_counted_without_disturbing_the_writer(folder: Path) -> None:
+    writer = JournalWriter(folder, META)
+    for i in range(7):
+        writer.append(journal_body(Event(1, b"e", i)))
+    (name,) = segment_names(folder)
+    assert unmoved_events(folder, {}) == {name: 7}
+    queue = Queue(folder)
+    spool = Spool(folder, lambda: queue, lambda line: None, batch_events=5)
+    try:
+        assert spool.move_others().events == 7  # (a live segment left to others)
+        moved_to = {segment: offset for segment, (offset, _) in queue.journal_offsets().items()}
+        assert unmoved_events(folder, moved_to) == {name: 0}
+        for i in range(3):
+            writer.append(journal_body(Event(1, b"e", 7 + i)))
+        assert unmoved_events(folder, moved_to) == {name: 3}
+        assert unmoved_events(folder, {name: None}) == {}  # finished: not counted
+        writer.append(journal_body(Event(1, b"e", 10)))  # still the writer's: it locks on
+        assert writer.current is not None and writer.current.path.endswith(name)
+    finally:
+        spool.close()
+        queue.close()
+        writer.close()
 
 
 def test_a_damaged_record_before_the_end_sets_the_segment_aside(folder: Path) -> None:
