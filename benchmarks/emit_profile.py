@@ -79,7 +79,7 @@ RULES: list[tuple[str, str]] = [
     ("hamustro_logging/delivery.py", "delivery (batches, retry rules, counters)"),
     ("hamustro_logging/retry.py", "delivery (batches, retry rules, counters)"),
     ("hamustro_logging/stats.py", "delivery (batches, retry rules, counters)"),
-    ("hamustro_logging/tracker.py", "tracker (session, numbering, triggers)"),
+    ("hamustro_logging/tracker/", "tracker (session, numbering, triggers)"),
     ("hamustro_logging/handler.py", "handler.emit (filter, hand-over)"),
     ("hamustro_logging/flusher.py", "flusher (buffer, wake-ups, thread loops)"),
     ("hamustro_logging/intake.py", "flusher (buffer, wake-ups, thread loops)"),

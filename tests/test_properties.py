@@ -25,7 +25,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hamustro_logging import HamustroHandler, payload_pb2, payload_v2_pb2, wire
-from hamustro_logging.collector import _parameters_json
+from hamustro_logging.collector.schema2 import _parameters_json
 from hamustro_logging.mapping import EventError, build_event
 
 from .support import tracker_config

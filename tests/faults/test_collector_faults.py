@@ -200,7 +200,7 @@ def test_slow_answers_deliver_everything_and_emit_stays_cheap(
 def test_an_answer_that_never_comes_times_out_and_a_later_attempt_delivers(
     collector: DevCollector, make_handler: MakeHandler
 ) -> None:
-    # The hung request is stored only after its 30 s (collector.py: the wait
+    # The hung request is stored only after its 30 s (collector/server.py: the wait
     # comes before the checks), i.e. never while this test runs; stop() turns
     # it into a 503. So the collector gets each event once, yet the client
     # must count the redelivery as a possible duplicate: it cannot know.

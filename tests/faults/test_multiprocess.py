@@ -182,7 +182,7 @@ def test_four_processes_through_errors_and_drops_lose_nothing_and_duplicate_noth
     collector: DevCollector, tmp_path: Path
 ) -> None:
     collector.fail_next(10, 500)
-    # drop_next closes the connection before storing anything (collector.py), so
+    # drop_next closes the connection before storing anything (collector/server.py), so
     # the resend of a dropped batch is its first delivery: still no duplicates.
     collector.drop_next(3)
     run_workers(collector, tmp_path, drain=True)

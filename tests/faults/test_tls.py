@@ -44,7 +44,7 @@ def tls_collector(tmp_path: Path) -> Iterator[tuple[DevCollector, str, Path]]:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert, key)
     with DevCollector(secret=TEST_SECRET, output=io.StringIO()) as collector:
-        # Reaches into the dev collector on purpose: collector.py has no TLS
+        # Reaches into the dev collector on purpose: the collector has no TLS
         # option. Right after start() nothing has connected yet; the server
         # thread selects on the same file descriptor and accepts (and does the
         # handshake) through the wrapped socket from now on.

@@ -1,71 +1,38 @@
-"""A local Hamustro collector for development and tests; not for production.
+"""The development collector's HTTP server: connections, faults, and what it recorded.
 
-It answers ``POST /api/v1/track`` exactly as the real collector does, check
-by check and in the same order (``docs/protocol.md`` lists them), and prints
-every accepted event as one compact JSON line (stdout by default). It speaks one
-schema: schema 1 (the default) or, with ``schema=2`` / ``--schema 2``, schema 2
-as upstream's newest collector does (protobuf or JSON bodies; events recorded
-as that collector stores them: ``env`` by name, the parameters as one JSON
-object string). It stores
-nothing durably, keeps accepted events in memory for tests and can inject
-faults (errors, dropped connections, hangs, slowness) so the client's retry
-logic can be exercised over real HTTP on loopback.
-
-From a shell::
-
-    python -m hamustro_logging.collector --port 8080 --secret dev-secret
-    python -m hamustro_logging.collector --schema 2
-
-From a test::
-
-    with DevCollector(secret="s") as collector:
-        ...  # point a client at collector.url
-        events = collector.wait_for(3)
+:class:`DevCollector` is the object a test or the command holds: it binds,
+serves in a daemon thread, injects faults and keeps what was accepted.
+``_Handler`` serves one connection: it reads a request's whole body, meets
+the next injected fault, then hands the request to the schema's checks
+(:func:`.schema1.check` or :func:`.schema2.check`, which decide the
+answer) and, for an accepted one, to ``DevCollector._store`` (print and
+keep), and writes the answer.
 
 Which thread calls what: the ``DevCollector`` methods are called from the
-test's (or the CLI's) threads; every connection is served by its own daemon
-thread. All shared state sits behind one lock, ``_lock``; its conditions wake
-``wait_for`` (``_changed``) and ``stop`` (``_idle``).
+test's (or the command's) threads; every connection is served by its own
+daemon thread of the server. All shared state sits behind one lock,
+``DevCollector._lock``; its conditions wake ``wait_for`` (``_changed``) and
+``stop`` (``_idle``).
 """
 
 from __future__ import annotations
 
-import argparse
 import collections
 import contextlib
-import hmac
-import ipaddress
-import json
-import os
-import re
-import signal
 import socket
 import socketserver
 import sys
 import threading
 import time
-from collections.abc import Callable
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import FrameType, TracebackType
+from types import TracebackType
 from typing import Any, NamedTuple, TextIO
 
-from google.protobuf import json_format
-from google.protobuf.message import DecodeError, Message
-
-from . import payload_pb2, payload_v2_pb2, wire
-
-__all__ = ["TRACK_PATH", "DevCollector", "main"]
+from . import schema1, schema2
+from .checks import Answer, encode_json
 
 TRACK_PATH = "/api/v1/track"
-
-_encode_json = json.JSONEncoder(separators=(",", ":")).encode
-_ENV_NAMES = {number: name for name, number in wire.ENVIRONMENTS.items()}
-#: What Go's encoding/json escapes beyond what Python's does (ensure_ascii=False).
-_GO_ESCAPES = str.maketrans(
-    {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
-)
-_encode_go_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
 class _Fault(NamedTuple):
@@ -78,137 +45,12 @@ class _Fault(NamedTuple):
     size: int = 0  # trickle, big_body: the answer's body length
 
 
-class _Answer(NamedTuple):
-    status: int
-    error: str = ""
-    events: list[dict[str, Any]] | None = None  # None unless keep_events
-    text: str = ""  # the JSON lines to print, each ending with a newline
-    n_events: int = 0
-    # Schema 2, JSON body: a parameter without name or value panics the real
-    # collector's handler after it queued the payloads before it: store the
-    # events (if any) and close the connection without an answer.
-    crash: bool = False
-
-
 class _BadRequest(Exception):
     """The request's framing is broken: answer 400 and close the connection."""
 
 
 class _ClientGone(Exception):
     """The client closed the connection mid-request: nothing to answer."""
-
-
-def _text(value: str | bytes) -> str:
-    # upb hands back bytes for a proto2 string field holding invalid UTF-8;
-    # the Go collector stores such strings as they are, we store them readable.
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    return value
-
-
-def _raw(value: str | bytes) -> bytes:
-    return value if isinstance(value, bytes) else value.encode("utf-8")
-
-
-def _missing_fields(message: Message) -> list[str]:
-    # FindInitializationErrors exists at run time but not in the stubs.
-    find: Callable[[], list[str]] = getattr(message, "FindInitializationErrors", list)
-    return find()
-
-
-_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-def _lone_surrogates_replaced(value: Any) -> Any:
-    """Strings in a parsed JSON value with lone surrogates turned into U+FFFD, as Go decodes."""
-    if isinstance(value, str):
-        return value if value.isascii() else _LONE_SURROGATE.sub("\ufffd", value)
-    if isinstance(value, list):
-        return [_lone_surrogates_replaced(item) for item in value]
-    if isinstance(value, dict):
-        return {
-            _lone_surrogates_replaced(k): _lone_surrogates_replaced(v) for k, v in value.items()
-        }
-    return value
-
-
-def _refuse_constant(name: str) -> None:
-    raise ValueError(f"invalid JSON value {name}")
-
-
-def _parse_json(body: bytes, collection: Message) -> str | None:
-    """Parse a schema-2 JSON body into ``collection``; the error, or None.
-
-    As the real collector's jsonpb does: field names in snake_case or
-    camelCase, ``env`` by name or number, unknown fields refused; invalid
-    UTF-8 and lone surrogates become U+FFFD. Required fields are left to
-    the caller.
-    """
-    try:
-        data = json.loads(body.decode("utf-8", "replace"), parse_constant=_refuse_constant)
-        if not isinstance(data, dict):
-            return f"expected a JSON object, got {type(data).__name__}"
-        json_format.ParseDict(_lone_surrogates_replaced(data), collection)
-    except (json_format.Error, ValueError, TypeError, RecursionError) as exc:
-        return str(exc)
-    return None
-
-
-def _parameters_json(parameters: Any) -> str:
-    """Schema 2's parameters as the real collector stores them: one JSON object string.
-
-    It fills a Go ``map[string]string`` (a repeated name keeps its last
-    value) and marshals it with encoding/json: keys sorted, compact, ``<``,
-    ``>``, ``&``, U+2028 and U+2029 escaped; ``{}`` for none.
-    """
-    pairs = {_text(p.name): _text(p.value) for p in parameters}
-    return _encode_go_json(dict(sorted(pairs.items()))).translate(_GO_ESCAPES)
-
-
-def _utc(at: int) -> str | None:
-    try:
-        return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(at))
-    except (OverflowError, OSError, ValueError):
-        return None  # beyond what the platform's time_t can hold
-
-
-def _header_ip(headers: Any) -> str:
-    """First public (``is_global``) IPv4 in X-Forwarded-For, then X-Real-Ip."""
-    for name in ("X-Forwarded-For", "X-Real-Ip"):
-        for value in headers.get_all(name) or ():
-            for part in value.split(","):
-                try:
-                    address = ipaddress.IPv4Address(part.strip())
-                except ValueError:
-                    continue
-                if address.is_global:
-                    return str(address)
-    return ""
-
-
-class _Stamps:
-    """What every payload of one request gets the same way: its UTC time and a missing ip.
-
-    The time string is computed once per second, the header ip once per request.
-    """
-
-    def __init__(self, headers: Any) -> None:
-        self._headers = headers
-        self._utc: dict[int, str | None] = {}
-        self._ip: str | None = None
-
-    def utc(self, at: int) -> str | None:
-        if at not in self._utc:
-            self._utc[at] = _utc(at)
-        return self._utc[at]
-
-    def ip(self, ip: str | bytes) -> str | bytes:
-        """The payload's own ip, else the first public one of the request's headers."""
-        if ip:
-            return ip
-        if self._ip is None:
-            self._ip = _header_ip(self._headers)
-        return self._ip
 
 
 class DevCollector:
@@ -482,185 +324,12 @@ class DevCollector:
         with self._lock:
             self._statuses[status] += 1
 
-    def _check(self, headers: Any, body: bytes) -> _Answer:
-        """The collector's checks, in the collector's order (docs/protocol.md)."""
-        time_header = headers.get("X-Hamustro-Time")
-        if not time_header:
-            return _Answer(405, "X-Hamustro-Time header is missing")
-        sent_signature = headers.get("X-Hamustro-Signature")
-        if not sent_signature:
-            return _Answer(405, "X-Hamustro-Signature header is missing")
-        expected = wire.signature(time_header, body, self._secret)
-        if not hmac.compare_digest(
-            sent_signature.encode("latin-1", "replace"), expected.encode("ascii")
-        ):
-            return _Answer(405, "X-Hamustro-Signature header is invalid")
-        media_type = headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
-        if self._schema == 2:
-            return self._check_v2(headers, body, media_type)
-        if media_type != "application/protobuf":
-            return _Answer(400, "Unsupported or missing Content-Type")
-        collection = payload_pb2.Collection()
-        try:
-            collection.ParseFromString(body)
-        except DecodeError as exc:
-            return _Answer(400, f"Unmarshaling protobuf is failed: {exc}")
-        if not collection.IsInitialized():
-            missing = ", ".join(_missing_fields(collection))
-            return _Answer(
-                400, f"Unmarshaling protobuf is failed: required field not set: {missing}"
-            )
-        device_id, client_id = collection.device_id, collection.client_id
-        system_version, product_version = collection.system_version, collection.product_version
-        session = collection.session
-        fields = (device_id, client_id, system_version, product_version, session)
-        if all(isinstance(f, str) for f in fields):
-            expected_session = wire.session_id(
-                device_id, client_id, system_version, product_version
-            )
-            session_ok = session == expected_session
-        else:  # invalid UTF-8 somewhere: hash the bytes as sent, as Go does
-            joined = b":".join(_raw(f) for f in fields[:4])
-            session_ok = _raw(session) == wire.md5hex(joined).encode()
-        if not session_ok:
-            return _Answer(400, "Collection's session attribute is invalid")
-        payloads = collection.payloads
-        if not payloads:
-            return _Answer(204)
-        has = collection.HasField
-        base: dict[str, Any] = {
-            "session": _text(session),
-            "device_id": _text(device_id),
-            "client_id": _text(client_id),
-            "system_version": _text(system_version),
-            "product_version": _text(product_version),
-            "system": _text(collection.system) if has("system") else None,
-            "product_git_hash": _text(collection.product_git_hash)
-            if has("product_git_hash")
-            else None,
-        }
-        # The collection's fields are encoded once per request: each line is
-        # that prefix plus the payload's own fields.
-        prefix = _encode_json(base)[:-1] + ","
-        keep = self._keep_events
-        stamps = _Stamps(headers)
-        events = []
-        lines = []
-        for payload in payloads:
-            at, ip = payload.at, stamps.ip(payload.ip)
-            has = payload.HasField
-            part = {
-                "at": at,
-                "at_utc": stamps.utc(at),
-                "event": _text(payload.event),
-                "nr": payload.nr,
-                "user_id": payload.user_id if has("user_id") else None,
-                "ip": _text(ip),
-                "parameters": _text(payload.parameters) if has("parameters") else None,
-                "is_testing": payload.is_testing,
-            }
-            lines.append(prefix + _encode_json(part)[1:])
-            if keep:
-                events.append(base | part)
-        lines.append("")  # the last line's newline
-        return _Answer(200, events=events, text="\n".join(lines), n_events=len(payloads))
+    def _check(self, headers: Any, body: bytes) -> Answer:
+        """The checks of the schema this collector speaks, in the collector's order."""
+        check = schema1.check if self._schema == 1 else schema2.check
+        return check(headers, body, self._secret, self._keep_events)
 
-    def _check_v2(self, headers: Any, body: bytes, media_type: str) -> _Answer:
-        """Schema 2's checks after the signature, in the collector's order (docs/protocol.md)."""
-        collection = payload_v2_pb2.Collection()
-        is_json = media_type == "application/json"
-        if is_json:
-            error = _parse_json(body, collection)
-            if error is not None:
-                return _Answer(400, f"Unmarshaling json collection is failed: {error}")
-            # Its own check of a JSON collection looks at the collection's and
-            # the payloads' required fields, never at a Parameter's.
-            missing = [m for m in _missing_fields(collection) if "parameters[" not in m]
-            if missing:
-                return _Answer(
-                    400,
-                    "Unmarshaled json collection is failed: required field not set: "
-                    + ", ".join(missing),
-                )
-        elif media_type == "application/protobuf":
-            try:
-                collection.ParseFromString(body)
-            except (DecodeError, UnicodeDecodeError) as exc:
-                # UnicodeDecodeError: only the pure-Python runtime (protobuf < 4.21)
-                # checks a proto2 string's UTF-8; upb, like Go, keeps the bytes.
-                return _Answer(400, f"Unmarshaling protobuf is failed: {exc}")
-            if not collection.IsInitialized():
-                unset = ", ".join(_missing_fields(collection))
-                return _Answer(
-                    400, f"Unmarshaling protobuf is failed: required field not set: {unset}"
-                )
-        else:
-            return _Answer(400, "Unsupported or missing Content-Type")
-        device_id, client_id = collection.device_id, collection.client_id
-        system_version, product_version = collection.system_version, collection.product_version
-        session, env = collection.session, collection.env
-        fields = (device_id, client_id, system_version, product_version, session)
-        if all(isinstance(f, str) for f in fields):
-            expected_session = wire.session_id_v2(
-                device_id, client_id, system_version, product_version, env
-            )
-            session_ok = session == expected_session
-        else:  # invalid UTF-8 somewhere: hash the bytes as sent, as Go does
-            joined = b":".join([*(_raw(f) for f in fields[:4]), str(env).encode()])
-            session_ok = _raw(session) == wire.md5hex(joined).encode()
-        if not session_ok:
-            return _Answer(400, "Collection's session attribute is invalid")
-        payloads = collection.payloads
-        if not payloads:
-            return _Answer(204)
-        has = collection.HasField
-        base: dict[str, Any] = {
-            "session": _text(session),
-            "device_id": _text(device_id),
-            "client_id": _text(client_id),
-            "system_version": _text(system_version),
-            "product_version": _text(product_version),
-            "env": _ENV_NAMES[env],
-        }
-        for name in _OPTIONAL_V2:
-            base[name] = _text(getattr(collection, name)) if has(name) else None
-        prefix = _encode_json(base)[:-1] + ","
-        keep = self._keep_events
-        stamps = _Stamps(headers)
-        events = []
-        lines = []
-        crash = False
-        for payload in payloads:
-            parameters = payload.parameters
-            if is_json and any(
-                not (p.HasField("name") and p.HasField("value")) for p in parameters
-            ):
-                crash = True  # a protobuf body never gets here: refused as not initialized
-                break
-            at, ip = payload.at, stamps.ip(payload.ip)
-            has = payload.HasField
-            part = {
-                "at": at,
-                "at_utc": stamps.utc(at),
-                "event": _text(payload.event),
-                "nr": payload.nr,
-                "timezone": _text(payload.timezone) if has("timezone") else None,
-                "tenant_id": _text(payload.tenant_id) if has("tenant_id") else None,
-                "user_id": _text(payload.user_id) if has("user_id") else None,
-                "ip": _text(ip),
-                "country": _text(payload.country) if has("country") else None,
-                "parameters": _parameters_json(parameters),
-            }
-            lines.append(prefix + _encode_json(part)[1:])
-            if keep:
-                events.append(base | part)
-        n_events = len(lines)
-        if lines:
-            lines.append("")  # the last line's newline
-        text = "\n".join(lines)
-        return _Answer(200, events=events, text=text, n_events=n_events, crash=crash)
-
-    def _store(self, answer: _Answer, answered: bool) -> int:
+    def _store(self, answer: Answer, answered: bool) -> int:
         """Print and keep accepted events; the status to answer (200, 500 or 503)."""
         with self._lock:
             # Checked under the lock stop() takes: once stop() returns, nothing more is stored.
@@ -678,19 +347,6 @@ class DevCollector:
                 self._statuses[200] += 1
             self._changed.notify_all()
         return HTTPStatus.OK
-
-
-#: Schema 2's optional Collection fields, recorded as None when unset.
-_OPTIONAL_V2 = (
-    "device_make",
-    "device_model",
-    "system",
-    "system_language",
-    "browser",
-    "browser_version",
-    "product_git_hash",
-    "product_language",
-)
 
 
 class _Server(ThreadingHTTPServer):
@@ -884,7 +540,7 @@ class _Handler(BaseHTTPRequestHandler):
         if location is not None:
             head.append(f"Location: {location}")
         if collector._verbose and error and status >= 400:
-            body = _encode_json({"error": error}).encode()
+            body = encode_json({"error": error}).encode()
             head.append("Content-Type: application/json")
         if retry_after is not None:
             head.append(f"Retry-After: {retry_after}")
@@ -930,74 +586,3 @@ def _phrase(status: int) -> str:
         return HTTPStatus(status).phrase
     except ValueError:
         return "Unknown"
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run the development collector until SIGINT or SIGTERM."""
-    parser = argparse.ArgumentParser(
-        prog="python -m hamustro_logging.collector",
-        description="Local Hamustro collector for development and tests (not for production). "
-        "Prints every accepted event as one JSON line.",
-    )
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    parser.add_argument(
-        "--port", type=int, default=8080, help="port to bind; 0 picks a free one (default 8080)"
-    )
-    parser.add_argument(
-        "--secret",
-        default=os.environ.get("HAMUSTRO_SHARED_SECRET_KEY") or "dev-secret",
-        help="shared secret key (default: $HAMUSTRO_SHARED_SECRET_KEY, else dev-secret)",
-    )
-    parser.add_argument(
-        "--schema",
-        type=int,
-        choices=(1, 2),
-        default=1,
-        help="the schema to speak: 1, or 2 as upstream's newest collector (default 1)",
-    )
-    parser.add_argument("--output", metavar="FILE", help="append events to FILE (default stdout)")
-    parser.add_argument(
-        "--verbose", action="store_true", help='log requests; {"error": ...} bodies on errors'
-    )
-    args = parser.parse_args(argv)
-
-    output: TextIO = sys.stdout
-    if args.output is not None:
-        output = open(args.output, "a", encoding="utf-8")  # noqa: SIM115 -- closed in finally
-    stop_requested = False
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        nonlocal stop_requested
-        stop_requested = True  # only a flag: no lock may be taken inside a signal handler
-
-    collector = DevCollector(
-        args.host, args.port, args.secret, output, args.verbose, False, schema=args.schema
-    )
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        try:
-            collector.start()
-        except OSError as exc:
-            print(
-                f"hamustro dev collector: cannot listen on {args.host}:{args.port}: {exc}",
-                file=sys.stderr,
-            )
-            return 1
-        print(
-            f"hamustro dev collector listening on {collector.url}{TRACK_PATH}",
-            file=sys.stderr,
-            flush=True,
-        )
-        while not stop_requested:
-            time.sleep(0.1)
-        return 0
-    finally:
-        collector.stop()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        if output is not sys.stdout:
-            output.close()
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
