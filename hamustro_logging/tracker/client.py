@@ -37,10 +37,6 @@ from .events import TrackedEvent, encoding, tracked_event
 from .options import required, settings
 from .store import TrackerStore
 
-#: The longest a lazily opening tracker (the handler's) waits for another
-#: process's write lock in its constructor.
-_LAZY_OPEN_WAIT = 0.5
-
 
 class _IpFinder:
     """The host's address toward the collector, found without sending anything.
@@ -175,13 +171,12 @@ class ClientTracker:
         self.reporter = Reporter()
         self._open(defer=open_lazily)
 
-    def _open(self, lazy: bool = False, defer: bool = False) -> None:
+    def _open(self, defer: bool = False) -> None:
         """Open the queue and the transport (again in a forked child).
 
-        ``lazy``: if the queue folder cannot be opened now, say so and open
-        it on first use instead of raising (the handler must not stop the
-        application from starting because a disk is full). ``defer``: do not
-        even try now; the first use opens it.
+        ``defer``: do not open the store now; its first use does (the
+        handler: a damaged or locked store never stalls the application's
+        start).
         """
         self._store = TrackerStore(
             self.queue_dir, self.session, self._header, self.destination,
@@ -200,14 +195,7 @@ class ClientTracker:
             if self.schema == 2:
                 self._store.read_user_file()
             return
-        try:
-            # Lazily (the handler, maybe under dictConfig): never wait long for
-            # another process's lock; the first write opens it later.
-            self._store.open(busy_timeout=_LAZY_OPEN_WAIT if lazy else None)
-        except Exception as exc:
-            if not lazy:
-                raise
-            self.reporter.problem("store", f"cannot open the queue in {self.queue_dir}: {exc!r}")
+        self._store.open()
 
     @property
     def queue(self) -> Queue:
