@@ -57,7 +57,7 @@ def _merged(outer: dict[str, Any] | None, inner: dict[str, Any]) -> dict[str, An
     return merged
 
 
-class context:  # noqa: N801 -- used like a function: ``with context(...)``, ``@context(...)``
+class context:  # lower case: used like a function, ``with context(...)``, ``@context(...)``
     """Add fields to every event logged inside a ``with`` block or a decorated function.
 
     ``context(user_id=7, params={"plan": "pro"})`` takes the fields a record's
@@ -96,7 +96,7 @@ class context:  # noqa: N801 -- used like a function: ``with context(...)``, ``@
                     f"context() got an unknown field {name!r}; it takes {', '.join(FIELDS)}"
                 )
         given = {k: v for k, v in fields.items() if v is not None}
-        if type(given.get("params")) is dict:  # a copy: changing the caller's dict later is not seen
+        if type(given.get("params")) is dict:  # a copy: later changes to the caller's dict unseen
             given["params"] = dict(given["params"])
         self._fields = given
         self._tokens: list[contextvars.Token[dict[str, Any] | None]] = []

@@ -202,7 +202,9 @@ def test_is_testing_in_a_schema2_context_is_refused_as_in_extra(
     sending2.event("kept")
     assert list(sending2.received(1, dropped=True)) == ["kept"]
     assert sending2.handler.stats()["dropped"] == {"invalid": 1}
-    assert "hamustro event field 'is_testing': does not exist in schema 2" in capsys.readouterr().err
+    assert (
+        "hamustro event field 'is_testing': does not exist in schema 2" in capsys.readouterr().err
+    )
 
 
 def test_the_context_keeps_its_own_copy_of_params_and_none_means_not_given(
