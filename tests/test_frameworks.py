@@ -322,3 +322,33 @@ def test_flask_init_app_leaves_the_context_when_the_view_fails(
     assert handler.flush(timeout=10)
     (event,) = collector.wait_for(1)
     assert (event["event"], event["user_id"]) == ("failing_view", 3)
+
+
+def test_the_package_and_its_adapters_import_without_any_framework() -> None:
+    """Each adapter imports its framework only when used: none is a dependency.
+
+    Run where the frameworks cannot be imported at all (an import hook
+    refuses them), as in an app that has none of them installed.
+    """
+    import subprocess
+
+    script = (
+        "import sys\n"
+        "class Absent:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.partition('.')[0] in {'django', 'flask', 'celery', 'starlette',\n"
+        "                                      'fastapi'}:\n"
+        "            raise ModuleNotFoundError(f'No module named {name!r}')\n"
+        "sys.meta_path.insert(0, Absent())\n"
+        "import hamustro_logging\n"
+        "from hamustro_logging.integrations import asgi, celery, django, flask\n"
+        "try:\n"
+        "    flask.init_app(None, dict)\n"
+        "except ModuleNotFoundError as exc:\n"
+        "    print(exc)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=ROOT
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "No module named 'flask'\n"  # imported when used, not before
