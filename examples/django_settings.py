@@ -1,7 +1,9 @@
-"""The part of a Django ``settings.py`` that sends tracking events.
+"""The parts of a Django ``settings.py`` that send tracking events.
 
-Django passes ``LOGGING`` to ``logging.config.dictConfig``; nothing else is
-needed. In a view::
+Django passes ``LOGGING`` to ``logging.config.dictConfig``. The middleware,
+after Django's ``AuthenticationMiddleware``, runs each request inside
+``hamustro_logging.context(user_id=request.user.pk)`` (no user for an
+anonymous visitor), so a view logs its events without naming the user::
 
     import logging
     log = logging.getLogger(__name__)
@@ -9,7 +11,6 @@ needed. In a view::
     def checkout(request):
         ...
         log.info("order placed", extra={"event": "order_placed",
-                                        "user_id": request.user.id,
                                         "params": {"total": str(order.total)}})
 """
 
@@ -32,3 +33,15 @@ LOGGING: dict[str, Any] = {
     },
     "root": {"handlers": ["console", "hamustro"], "level": "INFO"},
 }
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    # after AuthenticationMiddleware: it reads request.user
+    "hamustro_logging.integrations.django.ContextMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]

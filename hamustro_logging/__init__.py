@@ -6,6 +6,7 @@
 """
 
 from ._version import __version__
+from .contextfields import context, current_context
 from .handler import HamustroHandler
 from .mapping import (
     EventError,
@@ -26,6 +27,8 @@ __all__ = [
     "__version__",
     "build_event",
     "build_event_v2",
+    "context",
+    "current_context",
     "default_queue_dir",
     "extra_attributes",
     "map_record",

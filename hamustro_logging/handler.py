@@ -71,7 +71,8 @@ class HamustroHandler(logging.Handler):
       only: schema 2 has no such field, and refuses it);
     * ``tenant_id``, ``user_id`` (None; schema 2 only): the user of events
       whose record has none of its own and when ``tracker.set_user`` set
-      none (a record's own wins, then the stored user, then these);
+      none (a record's own wins, then a :class:`~hamustro_logging.context`'s,
+      then the stored user, then these);
     * ``durable`` (False): with True, each event is on stable storage
       before ``emit`` returns (an ``msync`` of the journal page: about a
       disk flush per event). Without it the event is in the journal file
@@ -229,7 +230,10 @@ class HamustroHandler(logging.Handler):
         (see :func:`hamustro_logging.extra_attributes`); build the event with
         :func:`hamustro_logging.build_event` (schema 1) or
         :func:`hamustro_logging.build_event_v2` (schema 2), which check every
-        field, and return the handler's schema's event. Runs on the logging
+        field, and return the handler's schema's event. The default mapping
+        applies the fields of the :class:`~hamustro_logging.context` in
+        force; an override that builds events itself reads them with
+        :func:`hamustro_logging.current_context`. Runs on the logging
         thread, under the handler's lock; raise
         :class:`~hamustro_logging.EventError` for a bad field.
         """

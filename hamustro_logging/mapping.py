@@ -23,6 +23,8 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from .contextfields import _CURRENT as _CONTEXT
+from .contextfields import overlay
 from .wire import UINT32_MAX, UINT64_MAX, Event, Event2, encode_parameters
 
 __all__ = [
@@ -227,7 +229,10 @@ def map_record(
     ``params``, ``is_testing`` and ``ip`` from the record (usually given with
     ``extra=``); ``at`` is ``record.created``. A record whose ``extra``
     attribute is a dict holding them (what loguru hands a standard handler
-    used as a sink) is read from that dict.
+    used as a sink) is read from that dict. A field the record leaves out
+    (or sets to None) comes from the :class:`~hamustro_logging.context` in
+    force on the calling thread or task, if any; ``params`` dicts merge
+    key by key, the record's winning.
 
     >>> r = logging.makeLogRecord({"extra": {"event": "signup", "user_id": 7}, "created": 5})
     >>> map_record(r).event, map_record(r).user_id
@@ -239,8 +244,12 @@ def map_record(
         if not (type(extra) is dict and event_key in extra):
             return None
         d = extra
+    name = d[event_key]
+    fields = _CONTEXT.get()  # hamustro_logging.context(): None outside every context
+    if fields is not None:
+        d = overlay(d, fields)
     return build_event(
-        d[event_key],
+        name,
         d.get("user_id"),
         d.get("params"),
         d.get("is_testing", default_is_testing),
@@ -453,8 +462,10 @@ def map_record_v2(
 
     Reads ``event`` (or ``event_key``), ``params``, ``user_id``,
     ``tenant_id``, ``ip``, ``timezone`` and ``country`` from the record (or
-    from its ``extra`` dict, as :func:`map_record` does); a record without
-    its own ``user_id``/``tenant_id`` (or with None) gets the defaults. A
+    from its ``extra`` dict, as :func:`map_record` does), the fields it
+    leaves out from the :class:`~hamustro_logging.context` in force, as
+    :func:`map_record` does; an event still without a
+    ``user_id``/``tenant_id`` gets the defaults. A
     record that sets ``is_testing`` (schema 1 only) is refused, never
     silently sent without it.
 
@@ -468,6 +479,10 @@ def map_record_v2(
         if not (type(extra) is dict and event_key in extra):
             return None
         d = extra
+    name = d[event_key]
+    fields = _CONTEXT.get()  # hamustro_logging.context(): None outside every context
+    if fields is not None:
+        d = overlay(d, fields)
     if "is_testing" in d:
         raise EventError(
             "is_testing", "does not exist in schema 2 (the collector has no such field); remove it"
@@ -475,7 +490,7 @@ def map_record_v2(
     user_id = d.get("user_id")
     tenant_id = d.get("tenant_id")
     return build_event_v2(
-        d[event_key],
+        name,
         d.get("params"),
         default_user_id if user_id is None else user_id,
         default_tenant_id if tenant_id is None else tenant_id,
