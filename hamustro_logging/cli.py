@@ -5,7 +5,9 @@ Subcommands (each has ``--help``):
 ``status``
     Per session: pending, leased and rejected events, the age of the oldest
     pending event and the last ``nr``; for the folder: the last sync, bytes
-    on disk and pending bytes. A table, or one JSON document with ``--json``.
+    on disk and pending bytes. A table, or one JSON document with ``--json``;
+    ``--check``: one line and exit 0 OK, 1 WARNING, 2 CRITICAL (the rules are
+    :mod:`hamustro_logging.health`'s); ``--prometheus``: the Prometheus text.
 ``flush``
     Send everything pending in the folder that is bound to the given collector
     and key (every session, each with its own stored header), with a progress
@@ -66,7 +68,7 @@ import diskcache
 import diskcache.core
 from google.protobuf.message import DecodeError
 
-from . import agent, collector, payload_pb2, payload_v2_pb2
+from . import agent, collector
 from ._version import __version__
 from .config import (
     check_schema,
@@ -75,9 +77,10 @@ from .config import (
     default_system_version,
 )
 from .delivery import Delivery
+from .health import Limits, age_text, check, prometheus
 from .mapping import EventError, build_event, build_event_v2
 from .queue import Queue, QueueCorrupt
-from .reader import NotAQueue, QueueReader, check_is_queue
+from .reader import NotAQueue, QueueReader, check_is_queue, decode_payload, event_record
 from .report import Reporter
 from .spool import Spool
 from .stats import Stats
@@ -416,28 +419,6 @@ def _open_queue(directory: Path, notify: Callable[[str], None] | None = None) ->
         queue.close()
 
 
-def _payload(frame: bytes) -> payload_pb2.Payload | payload_v2_pb2.Payload:
-    """Decode one stored frame (a ``Collection.payloads`` entry: tag, length, Payload).
-
-    A frame is a valid ``Collection`` with one payload, so protobuf strips
-    the prefix; its tag says the schema.
-
-    >>> from hamustro_logging.wire import Event, Event2, encode_payload, encode_payloads_v2
-    >>> _payload(encode_payload(Event(1454514088, b"signup"), 7)).nr
-    7
-    >>> _payload(encode_payloads_v2([Event2(1454514088, b"signup")], 8)[0]).nr
-    8
-    """
-    if frame_schema(frame) == 2:
-        return payload_v2_pb2.Collection.FromString(frame).payloads[0]
-    return payload_pb2.Collection.FromString(frame).payloads[0]
-
-
-def _text(value: str | bytes) -> str:
-    # upb may hand back bytes for a string field holding invalid UTF-8.
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
-
-
 def _utc(epoch: float) -> str | None:
     """ISO 8601 UTC, whole seconds.
 
@@ -448,23 +429,6 @@ def _utc(epoch: float) -> str | None:
         return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
     except (OverflowError, OSError, ValueError):
         return None
-
-
-def _age(seconds: float) -> str:
-    """A short human age, two units at most.
-
-    >>> _age(7), _age(192), _age(3725), _age(90061)
-    ('7s', '3m 12s', '1h 2m', '1d 1h')
-    """
-    left = max(0, int(seconds))
-    parts: list[str] = []
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
-        if left >= size or (unit == "s" and not parts):
-            parts.append(f"{left // size}{unit}")
-            left %= size
-        if len(parts) == 2 or (parts and left == 0):
-            break
-    return " ".join(parts)
 
 
 def _folder_bytes(directory: Path) -> int:
@@ -508,7 +472,7 @@ def _oldest_at(
         return found
     for session, _, nr, frame in queue.iter_events():
         if oldest_nr.get(session) == nr:
-            found[session] = _payload(frame).at
+            found[session] = decode_payload(frame).at
             schemas[session] = frame_schema(frame)
             if len(found) == len(oldest_nr):
                 break
@@ -552,15 +516,25 @@ def _status(queue: QueueReader, directory: Path) -> dict[str, Any]:
     ledger = queue.ledger()
     destinations = queue.destinations()
     after_rebind = sum(d.pending for d in destinations if d.rebound_to is not None)
+    oldest_at = min(oldest.values(), default=None)
+    files_aside = queue.set_aside_files()
+    aside_times = [t for _, t in files_aside]
+    newest_aside_row = queue.newest_row("x/")
+    if newest_aside_row is not None:
+        aside_times.append(newest_aside_row)
     return {
         "queue_dir": str(directory),
         "pending": pending,
         "pending_bytes": queue.pending_bytes(),
+        "oldest_pending_age_seconds": None if oldest_at is None else round(now - oldest_at, 3),
         # The ledger: every process's lifetime counts (docs/stats.md).
         **ledger.as_dict(),
         "unaccounted": ledger.unaccounted(pending),
         "rejected_in_queue": queue.rejected_count(),
         "aside_in_queue": queue.aside_count(),
+        "set_aside_files": [name for name, _ in files_aside],
+        "last_set_aside": max(aside_times, default=None),
+        "last_rejected": queue.newest_row("r/"),
         "waiting_after_rebind": after_rebind,
         "rebind_command": _rebind_command(directory) if after_rebind else None,
         "destinations": [asdict(d) | {"sessions": list(d.sessions)} for d in destinations],
@@ -598,7 +572,7 @@ def _status_table(doc: dict[str, Any]) -> str:
     since = "" if doc["ledger_since"] is None else f" since {_utc(doc['ledger_since'])}"
     lines = [
         f"queue folder  {doc['queue_dir']}",
-        f"last sync     {doc['last_sync_utc']} ({_age(doc['last_sync_age_seconds'])} ago)",
+        f"last sync     {doc['last_sync_utc']} ({age_text(doc['last_sync_age_seconds'])} ago)",
         f"pending       {_plural(doc['pending'], 'event')}, {doc['pending_bytes']} bytes",
         f"rejected      {_plural(doc['rejected_in_queue'], 'event')} in the rejected area",
         f"set aside     {_plural(doc['aside_in_queue'], 'unusable row')}"
@@ -642,7 +616,7 @@ def _status_table(doc: dict[str, Any]) -> str:
             str(row["pending"]),
             str(row["leased"]),
             str(row["rejected"]),
-            "-" if row["oldest_age_seconds"] is None else _age(row["oldest_age_seconds"]),
+            "-" if row["oldest_age_seconds"] is None else age_text(row["oldest_age_seconds"]),
             "-" if row["last_nr"] is None else str(row["last_nr"]),
         )
         for row in rows
@@ -657,72 +631,56 @@ def _status_table(doc: dict[str, Any]) -> str:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
+    limits = _check_limits(args)
     directory = _queue_dir(args.queue_dir, args.client_id)
+    if limits is not None:
+        return _status_check(directory, limits)
     with _read_queue(directory) as queue:
         doc = _status(queue, directory)
     if args.json:
         print(json.dumps(doc, indent=2))
+    elif args.prometheus:
+        sys.stdout.write(prometheus(doc))
     else:
         print(_status_table(doc))
     return 0
 
 
+def _check_limits(args: argparse.Namespace) -> Limits | None:
+    """``--check``'s limits (None without ``--check``); a limit without it is a usage error."""
+    given = {
+        name: getattr(args, name)
+        for name in ("max_age", "max_pending", "recent")
+        if getattr(args, name) is not None
+    }
+    if not args.check:
+        if given:
+            flags = " ".join("--" + name.replace("_", "-") for name in given)
+            raise UsageError(f"{flags}: only with --check")
+        return None
+    for name, value in given.items():
+        if not value >= 0:
+            raise UsageError(f"--{name.replace('_', '-')} must be >= 0, got {value:g}")
+    return Limits(**given)
+
+
+def _status_check(directory: Path, limits: Limits) -> int:
+    """``status --check``: one line on stdout; exit 0 OK, 1 WARNING, 2 CRITICAL.
+
+    A folder that cannot be read is CRITICAL too (said on the same one line).
+    """
+    try:
+        with _read_queue(directory) as queue:
+            doc = _status(queue, directory)
+    except (UsageError, Failure) as exc:
+        print(f"CRITICAL: {exc}")
+        return 2
+    verdict = check(doc, limits, time.time())
+    print(verdict.line)
+    return verdict.code
+
+
 # -- export and retry-rejected -----------------------------------------------------------
-
-
-def _event_line(session: str, header: bytes, nr: int, frame: bytes) -> dict[str, Any]:
-    """One exported event: the payload's fields and its collection header's."""
-    if frame_schema(frame) == 2:
-        return _event_line_v2(session, header, nr, frame)
-    collection = payload_pb2.Collection.FromString(header + frame)
-    payload = collection.payloads[0]
-    has = payload.HasField
-    optional = collection.HasField
-    return {
-        "session": session,
-        "nr": nr,
-        "at": payload.at,
-        "event": _text(payload.event),
-        "user_id": payload.user_id if has("user_id") else None,
-        "ip": _text(payload.ip) if has("ip") else None,
-        "parameters": _text(payload.parameters) if has("parameters") else None,
-        "is_testing": payload.is_testing,
-        "device_id": _text(collection.device_id),
-        "client_id": _text(collection.client_id),
-        "system_version": _text(collection.system_version),
-        "product_version": _text(collection.product_version),
-        "system": _text(collection.system) if optional("system") else None,
-        "product_git_hash": (
-            _text(collection.product_git_hash) if optional("product_git_hash") else None
-        ),
-    }
-
-
-def _event_line_v2(session: str, header: bytes, nr: int, frame: bytes) -> dict[str, Any]:
-    """One exported schema-2 event: ``parameters`` as a JSON object, ``env`` by name."""
-    collection = payload_v2_pb2.Collection.FromString(header + frame)
-    payload = collection.payloads[0]
-    has = payload.HasField
-    optional = collection.HasField
-    line: dict[str, Any] = {
-        "schema": 2,
-        "session": session,
-        "nr": nr,
-        "at": payload.at,
-        "event": _text(payload.event),
-    }
-    for name in ("timezone", "tenant_id", "user_id", "ip", "country"):
-        line[name] = _text(getattr(payload, name)) if has(name) else None
-    line["parameters"] = {_text(p.name): _text(p.value) for p in payload.parameters}
-    line["env"] = payload_v2_pb2.Environment.Name(collection.env)
-    for name in ("device_id", "client_id", "system_version", "product_version"):
-        line[name] = _text(getattr(collection, name))
-    for name in (
-        "device_make", "device_model", "system", "system_language", "browser",
-        "browser_version", "product_git_hash", "product_language",
-    ):  # fmt: skip
-        line[name] = _text(getattr(collection, name)) if optional(name) else None
-    return line
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -736,7 +694,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
             return 0
         for session, header, nr, frame in queue.iter_events(rejected=args.rejected):
             try:
-                line = _event_line(session, header, nr, frame)
+                line = event_record(session, header, nr, frame)
             except (DecodeError, IndexError, ValueError) as exc:
                 broken += 1
                 _error(f"session {session} nr {nr}: cannot decode the stored event: {exc}")
@@ -1063,10 +1021,42 @@ def build_parser() -> argparse.ArgumentParser:
         "pending, leased and rejected events per session; last sync; bytes on disk",
         "Show the queue folder's state: per session the pending, leased and rejected "
         "events, the age of the oldest pending event and the last nr; for the folder "
-        "the last sync (or the queue's creation), bytes on disk and pending bytes.",
+        "the last sync (or the queue's creation), bytes on disk and pending bytes. "
+        "--check: one line and exit 0 OK, 1 WARNING, 2 CRITICAL (the oldest pending event "
+        "older than --max-age or more than --max-pending pending, or damaged data set aside "
+        "in the last --recent seconds, are CRITICAL; half of the limits, an event refused "
+        "recently, or events pending with none ever delivered, a WARNING).",
     )
     _add_queue_options(status)
-    status.add_argument("--json", action="store_true", help="print one JSON document")
+    shown = status.add_mutually_exclusive_group()
+    shown.add_argument("--json", action="store_true", help="print one JSON document")
+    shown.add_argument(
+        "--check",
+        action="store_true",
+        help="print one line saying whether delivery is healthy; exit 0 OK, 1 WARNING, "
+        "2 CRITICAL (for probes, cron and monitoring checks)",
+    )
+    shown.add_argument(
+        "--prometheus",
+        action="store_true",
+        help="print the folder's counters in the Prometheus text format "
+        "(for node_exporter's textfile collector)",
+    )
+    status.add_argument(
+        "--max-age", type=float, metavar="SECONDS",
+        help="--check: CRITICAL when the oldest pending event is older, WARNING past half "
+        f"(default {Limits.max_age:g})",
+    )  # fmt: skip
+    status.add_argument(
+        "--max-pending", type=int, metavar="N",
+        help="--check: CRITICAL when more events are pending, WARNING past half "
+        f"(default {Limits.max_pending})",
+    )  # fmt: skip
+    status.add_argument(
+        "--recent", type=float, metavar="SECONDS",
+        help="--check: data set aside (CRITICAL) or refused (WARNING) this recently counts "
+        f"(default {Limits.recent:g})",
+    )  # fmt: skip
 
     flush = add(
         "flush",
