@@ -8,7 +8,7 @@ sends the folder's events bound to its collector and key, with the same
 retry rules, leases and counters as a handler's threads.
 
 Who calls what: :func:`run` is the agent's whole loop, on the main thread of
-its process (``cli.py``); :func:`agent_alive` is called by apps (a handler's
+its process (``cli/agent.py``); :func:`agent_alive` is called by apps (a handler's
 ``flush()`` with ``sender="agent"``) and by ``status``.
 
 An agent holds a shared ``flock`` on ``agent.lock`` in the folder for as long

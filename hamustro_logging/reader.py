@@ -1,4 +1,4 @@
-"""A read-only view of a queue folder, for the CLI's ``status`` and ``export``.
+"""A read-only view of a queue folder, for the CLI's ``status`` and ``export`` (and tests).
 
 It reads diskcache's ``Cache`` table with plain ``sqlite3``, never through
 ``diskcache.Cache``, whose constructor writes its settings (eviction policy,
@@ -28,14 +28,16 @@ import os
 import sqlite3
 import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
 import diskcache.core
 
+from . import payload_pb2, payload_v2_pb2
 from .folder import DB_FILES
+from .journal import JOURNAL_DIR, SUFFIX
 from .ledger import LEDGER_PREFIX, Ledger
 from .queue import (
     KEY_PREFIXES,
@@ -44,9 +46,16 @@ from .queue import (
     parse_chunk_key,
     summarize_sessions,
 )
-from .wire import iter_frames
+from .wire import frame_schema, iter_frames
 
-__all__ = ["DestinationInfo", "NotAQueue", "QueueReader", "recognise"]
+__all__ = [
+    "DestinationInfo",
+    "NotAQueue",
+    "QueueReader",
+    "decode_payload",
+    "event_record",
+    "recognise",
+]
 
 #: The first characters of every key the queue writes (see queue.py's table).
 _KEY_PREFIXES = KEY_PREFIXES
@@ -57,6 +66,8 @@ _FOREIGN_KEY = (
 )
 if _FOREIGN_KEY.count("?") != len(_KEY_PREFIXES):  # one "?" per prefix of the key table
     raise ImportError("reader.py's foreign-key query does not list every key prefix")
+#: What a mover renames a damaged journal segment to (spool.py).
+_DAMAGED = SUFFIX + ".damaged"
 #: Written by every Queue at every open; a folder without it was never one.
 _MARKER = "s/last_sync"
 #: The diskcache settings every Queue writes at every open, that diskcache's
@@ -223,6 +234,51 @@ class QueueReader:
         """Rows set aside as unusable (``x/``)."""
         return len(self.keys_with("x/"))
 
+    def newest_row(self, prefix: str) -> float | None:
+        """Epoch seconds the newest row whose key starts with ``prefix`` was written, or None.
+
+        diskcache's own ``store_time`` column: for ``x/`` when the newest row
+        was set aside, for ``r/`` when the collector last refused an event
+        (``status --check``).
+        """
+        row = self._con.execute(
+            "SELECT max(store_time) FROM Cache WHERE raw = 1 AND typeof(key) = 'text' "
+            "AND substr(key, 1, ?) = ?",
+            (len(prefix), prefix),
+        ).fetchone()
+        value = row[0] if row else None
+        return float(value) if isinstance(value, (int, float)) else None
+
+    def set_aside_files(self) -> list[tuple[str, float]]:
+        """(name, epoch seconds set aside) of the folder's files set aside as damaged.
+
+        Journal segments renamed ``*.jnl.damaged`` by a mover and databases
+        SQLite called corrupt (``cache.db.corrupt-<ns>``); the time is the
+        file's last change of status (a rename sets it). Lists folders only.
+        """
+        found: list[tuple[str, float]] = []
+        corrupt = DB_FILES[0] + ".corrupt-"
+        places: tuple[tuple[str, Callable[[str], bool]], ...] = (
+            # the database itself, not its -wal and -shm files
+            (self.directory, lambda name: name.removeprefix(corrupt).isdigit()),
+            (os.path.join(self.directory, JOURNAL_DIR), lambda name: name.endswith(_DAMAGED)),
+        )
+        for folder, wanted in places:
+            try:
+                names = os.listdir(folder)
+            except OSError:  # no journal folder yet
+                continue
+            for name in names:
+                if wanted(name):
+                    try:
+                        st = os.lstat(os.path.join(folder, name))
+                    except OSError:  # removed meanwhile
+                        continue
+                    if stat.S_ISREG(st.st_mode):
+                        shown = name if folder == self.directory else f"{JOURNAL_DIR}/{name}"
+                        found.append((shown, st.st_ctime))
+        return sorted(found)
+
     def iter_aside(self) -> Iterator[tuple[str, bytes]]:
         """(original key, raw bytes) of every row set aside (nothing is unpickled)."""
         for key in self.keys_with("x/"):
@@ -312,3 +368,87 @@ class QueueReader:
             if isinstance(header, bytes):
                 for i, frame in enumerate(frames):
                     yield session, header, first + i, frame
+
+
+# -- decoding stored events (export, and hamustro_logging.testing) -------------------
+
+
+def decode_payload(frame: bytes) -> payload_pb2.Payload | payload_v2_pb2.Payload:
+    """Decode one stored frame (a ``Collection.payloads`` entry: tag, length, Payload).
+
+    A frame is a valid ``Collection`` with one payload, so protobuf strips
+    the prefix; its tag says the schema.
+
+    >>> from hamustro_logging.wire import Event, Event2, encode_payload, encode_payloads_v2
+    >>> decode_payload(encode_payload(Event(1454514088, b"signup"), 7)).nr
+    7
+    >>> decode_payload(encode_payloads_v2([Event2(1454514088, b"signup")], 8)[0]).nr
+    8
+    """
+    if frame_schema(frame) == 2:
+        return payload_v2_pb2.Collection.FromString(frame).payloads[0]
+    return payload_pb2.Collection.FromString(frame).payloads[0]
+
+
+def _text(value: str | bytes) -> str:
+    # upb may hand back bytes for a string field holding invalid UTF-8.
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
+def event_record(session: str, header: bytes, nr: int, frame: bytes) -> dict[str, Any]:
+    """A stored event as ``export`` prints it: the payload's fields and its header's.
+
+    Takes what :meth:`QueueReader.iter_events` yields. Raises ``DecodeError``,
+    ``IndexError`` or ``ValueError`` for bytes that are not a stored event.
+    """
+    if frame_schema(frame) == 2:
+        return _event_record_v2(session, header, nr, frame)
+    collection = payload_pb2.Collection.FromString(header + frame)
+    payload = collection.payloads[0]
+    has = payload.HasField
+    optional = collection.HasField
+    return {
+        "session": session,
+        "nr": nr,
+        "at": payload.at,
+        "event": _text(payload.event),
+        "user_id": payload.user_id if has("user_id") else None,
+        "ip": _text(payload.ip) if has("ip") else None,
+        "parameters": _text(payload.parameters) if has("parameters") else None,
+        "is_testing": payload.is_testing,
+        "device_id": _text(collection.device_id),
+        "client_id": _text(collection.client_id),
+        "system_version": _text(collection.system_version),
+        "product_version": _text(collection.product_version),
+        "system": _text(collection.system) if optional("system") else None,
+        "product_git_hash": (
+            _text(collection.product_git_hash) if optional("product_git_hash") else None
+        ),
+    }
+
+
+def _event_record_v2(session: str, header: bytes, nr: int, frame: bytes) -> dict[str, Any]:
+    """One exported schema-2 event: ``parameters`` as a JSON object, ``env`` by name."""
+    collection = payload_v2_pb2.Collection.FromString(header + frame)
+    payload = collection.payloads[0]
+    has = payload.HasField
+    optional = collection.HasField
+    line: dict[str, Any] = {
+        "schema": 2,
+        "session": session,
+        "nr": nr,
+        "at": payload.at,
+        "event": _text(payload.event),
+    }
+    for name in ("timezone", "tenant_id", "user_id", "ip", "country"):
+        line[name] = _text(getattr(payload, name)) if has(name) else None
+    line["parameters"] = {_text(p.name): _text(p.value) for p in payload.parameters}
+    line["env"] = payload_v2_pb2.Environment.Name(collection.env)
+    for name in ("device_id", "client_id", "system_version", "product_version"):
+        line[name] = _text(getattr(collection, name))
+    for name in (
+        "device_make", "device_model", "system", "system_language", "browser",
+        "browser_version", "product_git_hash", "product_language",
+    ):  # fmt: skip
+        line[name] = _text(getattr(collection, name)) if optional(name) else None
+    return line
