@@ -18,6 +18,8 @@ WARNING    the oldest pending event is older than half ``max_age``; more
 OK         none of these
 =========  ================================================================
 
+Pending counts the events in the store and those in journals not yet moved
+into it (``in_journals``: an app killed with no agent running leaves them).
 An event waits only while deliveries fail (or nothing sends the folder), so
 the age of the oldest pending event is how long delivery has been failing.
 
@@ -86,7 +88,8 @@ def check(doc: Mapping[str, Any], limits: Limits, now: float) -> Verdict:
     """The folder's health by the rules of the module docstring; every reason of the worst level."""
     critical: list[str] = []
     warning: list[str] = []
-    pending: int = doc["pending"]
+    # Events in journals not moved yet wait too (an app killed with no agent).
+    pending: int = doc["pending"] + doc.get("in_journals", 0)
     age: float | None = doc["oldest_pending_age_seconds"]
     if age is not None and age > limits.max_age:
         critical.append(
@@ -182,6 +185,8 @@ _FIGURES = (
     ("hamustro_events_dropped_total", "counter", "Events never stored, by reason.",
      "dropped_by_reason"),
     ("hamustro_events_pending", "gauge", "Events waiting to be sent.", "pending"),
+    ("hamustro_events_in_journals", "gauge",
+     "Events written to journals and not yet moved into the store.", "in_journals"),
     ("hamustro_pending_bytes", "gauge", "Encoded bytes of the pending events.", "pending_bytes"),
     ("hamustro_oldest_pending_age_seconds", "gauge",
      "Age of the oldest pending event (0 when none is pending).", "oldest_pending_age_seconds"),

@@ -230,6 +230,18 @@ class QueueReader:
     def rejected_count(self) -> int:
         return self._int("s/rejected")
 
+    def journal_moved_to(self) -> dict[str, int | None]:
+        """How far the store moved each journal segment (its offset); None once finished."""
+        out: dict[str, int | None] = {}
+        for key in self.keys_with("j/"):
+            try:
+                value = self.get(key)
+            except QueueCorrupt:
+                continue
+            if type(value) is int:
+                out[key[2:]] = value >> 32 if value >= 0 else None
+        return out
+
     def aside_count(self) -> int:
         """Rows set aside as unusable (``x/``)."""
         return len(self.keys_with("x/"))

@@ -11,6 +11,7 @@ folder's ledger as the read-only reader sees it.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import math
 import os
@@ -28,6 +29,7 @@ from hamustro_logging import ClientTracker, HamustroHandler
 from hamustro_logging.collector import DevCollector
 from hamustro_logging.journal import START
 from hamustro_logging.ledger import Ledger
+from hamustro_logging.queue import Queue
 from hamustro_logging.reader import QueueReader
 
 from .support import dead_url, tracker_config
@@ -323,6 +325,36 @@ def test_too_many_pending_is_critical_and_half_of_it_a_warning(
     code, line = check(folder, *limits, "--max-pending", "12")
     assert code == 1
     assert line.startswith("WARNING: events are pending and none was ever delivered")
+
+
+def test_events_left_in_the_journal_of_a_killed_app_count_as_pending(tmp_path: Path) -> None:
+    folder = tmp_path / "queue"
+    # sender="agent" and no agent: nothing moves the journal; then SIGKILL.
+    script = (
+        "import logging, os, signal\n"
+        "from hamustro_logging import HamustroHandler\n"
+        f"h = HamustroHandler(collector_url={dead_url()!r}, shared_secret_key='s', "
+        f"client_id='c', product_version='1', queue_dir={str(folder)!r}, sender='agent')\n"
+        "log = logging.getLogger('app'); log.addHandler(h)\n"
+        "for i in range(7): log.warning('x', extra={'event': 'order_placed', 'user_id': i})\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HAMUSTRO_")}
+    env["PYTHONPATH"] = str(ROOT)
+    done = subprocess.run([sys.executable, "-c", script], env=env, timeout=60, check=False)
+    assert done.returncode == -9
+    # No store yet (no process ever moved anything): said, and critical.
+    code, line = check(folder)
+    assert code == 2
+    assert "its journal holds 7 events nothing has moved" in line
+    Queue(folder).close()  # (a store, as any mover makes; it moves nothing by itself)
+    doc = json.loads(status(folder, "--json").stdout)
+    assert (doc["pending"], doc["in_journals"]) == (0, 7)
+    code, line = check(folder, "--max-age", "100000", "--max-pending", "5")
+    assert (code, line.split(" (")[0]) == (2, "CRITICAL: 7 events pending, over --max-pending 5")
+    assert metrics(folder)["hamustro_events_in_journals"] == {(): 7}
+    # Read, not adopted: the journal still holds them for a mover.
+    assert json.loads(status(folder, "--json").stdout)["in_journals"] == 7
 
 
 # -- what the collector refused, what was set aside -------------------------------------------

@@ -36,6 +36,7 @@ from urllib.parse import urlsplit
 import diskcache
 import diskcache.core
 
+from ..journal import unmoved_events
 from ..queue import Queue, QueueCorrupt
 from ..reader import NotAQueue, QueueReader, check_is_queue
 from ..tracker import default_queue_dir
@@ -277,6 +278,13 @@ def _existing_queue(directory: Path) -> Path:
     if not directory.is_dir():
         raise UsageError(f"no queue folder at {directory} (nothing was created)")
     if not (directory / diskcache.core.DBNAME).is_file():
+        journaled = sum(unmoved_events(directory, {}).values())
+        if journaled:  # apps wrote events and nothing ever moved them (sender="agent")
+            raise UsageError(
+                f"{directory} has no store ({diskcache.core.DBNAME}) yet, but its journal holds "
+                f"{journaled} events nothing has moved: is a `hamustro-logging agent` running "
+                "on it? (`hamustro-logging flush` moves and sends them once)"
+            )
         raise UsageError(f"{directory} is not a queue folder: it has no {diskcache.core.DBNAME}")
     return directory
 

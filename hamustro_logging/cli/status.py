@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ..health import Limits, age_text, check, prometheus
+from ..journal import unmoved_events
 from ..reader import QueueReader, decode_payload
 from ..wire import frame_schema
 from ._common import (
@@ -133,6 +134,8 @@ def _status(queue: QueueReader, directory: Path) -> dict[str, Any]:
         )
     last_sync = queue.last_sync()
     pending = queue.pending_count()
+    # Written by an app and not yet moved into the store (read, not adopted).
+    in_journals = sum(unmoved_events(directory, queue.journal_moved_to()).values())
     ledger = queue.ledger()
     destinations = queue.destinations()
     after_rebind = sum(d.pending for d in destinations if d.rebound_to is not None)
@@ -145,6 +148,7 @@ def _status(queue: QueueReader, directory: Path) -> dict[str, Any]:
     return {
         "queue_dir": str(directory),
         "pending": pending,
+        "in_journals": in_journals,
         "pending_bytes": queue.pending_bytes(),
         "oldest_pending_age_seconds": None if oldest_at is None else round(now - oldest_at, 3),
         # The ledger: every process's lifetime counts (docs/stats.md).
@@ -190,6 +194,7 @@ def _status_table(doc: dict[str, Any]) -> str:
         f"queue folder  {doc['queue_dir']}",
         f"last sync     {doc['last_sync_utc']} ({age_text(doc['last_sync_age_seconds'])} ago)",
         f"pending       {_plural(doc['pending'], 'event')}, {doc['pending_bytes']} bytes",
+        f"in journals   {_plural(doc['in_journals'], 'event')} not yet moved into the store",
         f"rejected      {_plural(doc['rejected_in_queue'], 'event')} in the rejected area",
         f"set aside     {_plural(doc['aside_in_queue'], 'unusable row')}"
         + (" (see `export --aside`)" if doc["aside_in_queue"] else ""),
