@@ -37,18 +37,22 @@ import diskcache.core
 
 from .folder import DB_FILES
 from .ledger import LEDGER_PREFIX, Ledger
-from .queue import (
+from .store.errors import QueueCorrupt
+from .store.keys import (
     KEY_PREFIXES,
-    QueueCorrupt,
-    SessionInfo,
+    LAST_SYNC,
+    PENDING,
+    PENDING_BYTES,
+    REJECTED,
     parse_chunk_key,
-    summarize_sessions,
 )
+from .store.reading import summarize_sessions
+from .store.records import SessionInfo
 from .wire import iter_frames
 
 __all__ = ["DestinationInfo", "NotAQueue", "QueueReader", "recognise"]
 
-#: The first characters of every key the queue writes (see queue.py's table).
+#: The first characters of every key the queue writes (see store/keys.py's table).
 _KEY_PREFIXES = KEY_PREFIXES
 #: A key no queue writes: one "?" per prefix.
 _FOREIGN_KEY = (
@@ -58,7 +62,7 @@ _FOREIGN_KEY = (
 if _FOREIGN_KEY.count("?") != len(_KEY_PREFIXES):  # one "?" per prefix of the key table
     raise ImportError("reader.py's foreign-key query does not list every key prefix")
 #: Written by every Queue at every open; a folder without it was never one.
-_MARKER = "s/last_sync"
+_MARKER = LAST_SYNC
 #: The diskcache settings every Queue writes at every open, that diskcache's
 #: defaults do not have.
 _OUR_SETTINGS = {"eviction_policy": "none", "cull_limit": 0}
@@ -211,13 +215,13 @@ class QueueReader:
         return value if type(value) is int else 0
 
     def pending_count(self) -> int:
-        return self._int("s/pending")
+        return self._int(PENDING)
 
     def pending_bytes(self) -> int:
-        return self._int("s/pending_bytes")
+        return self._int(PENDING_BYTES)
 
     def rejected_count(self) -> int:
-        return self._int("s/rejected")
+        return self._int(REJECTED)
 
     def aside_count(self) -> int:
         """Rows set aside as unusable (``x/``)."""
