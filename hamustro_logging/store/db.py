@@ -14,8 +14,7 @@ other row reads under the gate that call holds. diskcache keeps one SQLite
 connection per thread, so a ``Queue`` may be shared between threads; it
 must not be used across ``os.fork()``: the child opens one of its own.
 
-**The locks, in the order they are taken** (a thread holding a later one
-never waits for an earlier one):
+**The locks, in the order a thread takes them** (it may hold several):
 
 1. **The fork gate** (``_fork_gate``, a reentrant lock of the process).
    Every use of SQLite by any ``Queue`` of this process happens under it:
@@ -31,17 +30,20 @@ never waits for an earlier one):
    opens one queue at a time under its own ``_open_lock``). Such a child's
    events reach the store through its journal, moved by the parent or an
    agent.
-2. **A folder lock** (a ``flock`` the kernel drops when its process dies),
-   taken under the gate: ``salvage.lock`` while a corrupt database is set
+2. **A folder lock** (a ``flock`` the kernel drops when its process dies):
+   ``salvage.lock``, taken under the gate while a corrupt database is set
    aside or a slice of it carried (:mod:`~hamustro_logging.store.corrupt`;
-   at claims and opens only if free), or ``send.lock``, shared around a claim
-   that writes leases and held alone by a sender that claims in memory
-   (:mod:`hamustro_logging.sendlock`).
+   at claims and opens only if free); or ``send.lock``
+   (:mod:`hamustro_logging.sendlock`), taken shared under the gate around
+   a claim that writes leases, and held alone, from ``Queue.hold_sending``
+   (outside the gate) until ``let_go_sending``, by a sender that claims in
+   memory.
 3. **SQLite's write lock** (``BEGIN IMMEDIATE``, :meth:`Db.transaction`).
    While another process holds it, SQLite is asked again for ``_SLICE``
    seconds at a time, and between the attempts the thread waits *outside*
-   the fork gate (:func:`_outside_gate` lets go of all its holds): a fork,
-   and this process's other threads, never wait for another process's lock.
+   the fork gate (:func:`_outside_gate` lets go of all its holds; a folder
+   lock it holds stays held): a fork, and this process's other threads,
+   never wait for another process's lock.
    It gives up after the caller's ``busy_timeout`` or the queue's
    ``timeout`` (:class:`~hamustro_logging.store.errors.QueueBusy`); opening
    the database (diskcache writes its settings then) is bounded the same way
