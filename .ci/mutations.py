@@ -63,7 +63,7 @@ class Mutation:
 MUTATIONS = (
     Mutation(
         "number-gap",
-        "hamustro_logging/queue.py",
+        "hamustro_logging/store/append.py",
         "NUMBER_GAP = 1_000_000",
         "NUMBER_GAP = 0",
         "numbering goes on past a gap in a new database: no number another worker gave is reused",
@@ -186,7 +186,7 @@ MUTATIONS = (
     ),
     Mutation(
         "resend-not-counted",
-        "hamustro_logging/queue.py",
+        "hamustro_logging/store/settle.py",
         "                        resent += stored",
         "                        resent += 0",
         "a possible duplicate (the answer lost) is counted in stats()['resent']",
@@ -198,7 +198,7 @@ MUTATIONS = (
     ),
     Mutation(
         "damaged-chunk-sent",
-        "hamustro_logging/queue.py",
+        "hamustro_logging/store/damage.py",
         "        if isinstance(value, bytes) and _frame_count(value) == n:",
         "        if isinstance(value, bytes):",
         "a damaged row is set aside, every other event goes out",
@@ -208,7 +208,7 @@ MUTATIONS = (
     ),
     Mutation(
         "no-disk-floor",
-        "hamustro_logging/queue.py",
+        "hamustro_logging/store/append.py",
         "        if free + pages * page_size < self.min_free_bytes:",
         "        if False:",
         "new events are refused under the free-space floor (min_free_bytes)",
@@ -262,7 +262,7 @@ MUTATIONS = (
     ),
     Mutation(
         "pickle-unpickled",
-        "hamustro_logging/queue.py",
+        "hamustro_logging/store/db.py",
         "        if mode == diskcache.core.MODE_PICKLE:",
         "        if False:",
         "a pickle in a tampered queue file is never unpickled",
@@ -281,7 +281,7 @@ MUTATIONS = (
     ),
     Mutation(
         "salvage-carries-twice",
-        "hamustro_logging/queue.py",
+        "hamustro_logging/store/corrupt.py",
         "                cache.set(key, got.position)",
         "                cache.set(key, position)",
         "a salvage that goes on carries each row once (never what was sent since)",
@@ -292,8 +292,8 @@ MUTATIONS = (
     ),
     Mutation(
         "salvage-journal-offsets-late",
-        "hamustro_logging/queue.py",
-        '                for key, value in rows_with(aside, "j/", KEY_PREFIXES, self.timeout):',
+        "hamustro_logging/store/corrupt.py",
+        '                for key, value in rows_with(aside, "j/", KEY_PREFIXES, db.timeout):',
         "                for key, value in []:",
         "a salvage carries the journal offsets first: no segment is moved in twice meanwhile",
         (

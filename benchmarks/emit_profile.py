@@ -20,11 +20,11 @@ as running, says nothing of where its CPU goes. Each sample goes to a
 thread (the app's loop, the handler's spool thread, its send thread, ...)
 and to a category by the innermost frame that belongs to a known module: the
 stdlib ``logging`` machinery (``Logger.info``, ``LogRecord``), the mapping
-(``mapping.py``), encoding (``wire.py``, protobuf), the store (``queue.py``
-and its helpers, diskcache, SQLite), the journal, delivery (``delivery.py``,
-``retry.py``), HTTP (``transport.py``, requests, urllib3, ``http.client``,
-sockets), the handler's threads (``flusher.py``), and so on; a module of
-the package not named here is shown by its own name. A thread's CPU per
+(``mapping.py``), encoding (``wire.py``, protobuf), the store (``queue.py``,
+``store/`` and their helpers, diskcache, SQLite), the journal, delivery
+(``delivery.py``, ``retry.py``), HTTP (``transport.py``, requests, urllib3,
+``http.client``, sockets), the handler's threads (``flusher.py``), and so
+on; a module of the package not named here is shown by its own name. A thread's CPU per
 event is then split by its samples' categories. Work a thread does with the
 GIL released (SQLite's C code, a socket's send) has no sample of its own and
 is spread over that thread's categories by their shares: the store's and
@@ -63,6 +63,7 @@ RULES: list[tuple[str, str]] = [
     ("google/protobuf/", "encoding (protobuf frames)"),
     ("journal", "journal"),
     ("hamustro_logging/queue.py", "store (SQLite: append, claim, settle)"),
+    ("hamustro_logging/store/", "store (SQLite: append, claim, settle)"),
     ("hamustro_logging/reader.py", "store (SQLite: append, claim, settle)"),
     ("hamustro_logging/owners.py", "store (SQLite: append, claim, settle)"),
     ("hamustro_logging/salvage.py", "store (SQLite: append, claim, settle)"),

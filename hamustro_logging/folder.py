@@ -17,7 +17,8 @@ followed. Folders the library creates (the queue folder and any missing
 parent) are 0700, its database files 0600; the queue keeps every value
 inside ``cache.db`` (no value files).
 
-:class:`~hamustro_logging.queue.Queue` calls :func:`open_private` before
+The store (:class:`~hamustro_logging.store.db.Db`, for each
+:class:`~hamustro_logging.queue.Queue`) calls :func:`open_private` before
 diskcache opens anything and :func:`seal` once the database files exist, at
 every open and every reopen. On systems without POSIX owners (Windows) the
 checks are skipped.

@@ -1,14 +1,15 @@
 """The folder's ledger: lifetime counts of where every event went, kept in the queue.
 
 Every event handed to the library ends in one counted state. The counts live
-in the queue database, in the ``s/ledger/`` rows of ``queue.py``'s key
-table, and each is changed in the same transaction as the rows it counts, so
-they are shared by every process on the folder (and the CLI), and they
-survive the death of the process that counted them. This module owns the
-names, the reading of the rows and the sum; :class:`~hamustro_logging.queue.Queue`
-writes them (``append``, ``claim``, ``settle``, ``release``, setting rows
-aside, ``retry_rejected``, ``add_to_ledger``) and
-:class:`~hamustro_logging.reader.QueueReader` reads them without writing.
+in the queue database, in the ``s/ledger/`` rows of the store's key table
+(``store/keys.py``), and each is changed in the same transaction as the rows
+it counts, so they are shared by every process on the folder (and the CLI),
+and they survive the death of the process that counted them. This module
+owns the names, the reading of the rows and the sum; the store writes them
+(``store/counts.py``'s ``Books``, called by ``append``, ``claim``,
+``settle``, ``release``, setting rows aside, ``retry_rejected``,
+``add_to_ledger``) and :class:`~hamustro_logging.reader.QueueReader` reads
+them without writing.
 
 =====================  ===============================================================
 ``stored``             events written into the folder (numbered, pending)
@@ -53,7 +54,7 @@ from typing import Any
 
 __all__ = ["LEDGER_PREFIX", "Ledger", "ledger_key"]
 
-#: Every ledger row's key starts with this (in the ``s/`` space of queue.py).
+#: Every ledger row's key starts with this (in the ``s/`` space of store/keys.py).
 LEDGER_PREFIX = "s/ledger/"
 #: When counting began (epoch milliseconds).
 SINCE = LEDGER_PREFIX + "since"

@@ -1,6 +1,6 @@
 """Who holds a lease on a chunk being sent, and whether that holder still runs.
 
-A lease is the value ``token|expiry_ms`` of an ``l/`` row (see ``queue.py``);
+A lease is the value ``token|expiry_ms`` of an ``l/`` row (``store/keys.py``);
 the token starts with its owner's id, ``host:pid:start:nonce``. Another
 process of the same host (and PID namespace) can tell from the id that the
 owner no longer runs and take the lease over at once instead of waiting for

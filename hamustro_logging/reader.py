@@ -39,13 +39,17 @@ from . import payload_pb2, payload_v2_pb2
 from .folder import DB_FILES
 from .journal import JOURNAL_DIR, SUFFIX
 from .ledger import LEDGER_PREFIX, Ledger
-from .queue import (
+from .store.errors import QueueCorrupt
+from .store.keys import (
     KEY_PREFIXES,
-    QueueCorrupt,
-    SessionInfo,
+    LAST_SYNC,
+    PENDING,
+    PENDING_BYTES,
+    REJECTED,
     parse_chunk_key,
-    summarize_sessions,
 )
+from .store.reading import summarize_sessions
+from .store.records import SessionInfo
 from .wire import frame_schema, iter_frames
 
 __all__ = [
@@ -57,7 +61,7 @@ __all__ = [
     "recognise",
 ]
 
-#: The first characters of every key the queue writes (see queue.py's table).
+#: The first characters of every key the queue writes (see store/keys.py's table).
 _KEY_PREFIXES = KEY_PREFIXES
 #: A key no queue writes: one "?" per prefix.
 _FOREIGN_KEY = (
@@ -69,7 +73,7 @@ if _FOREIGN_KEY.count("?") != len(_KEY_PREFIXES):  # one "?" per prefix of the k
 #: What a mover renames a damaged journal segment to (spool.py).
 _DAMAGED = SUFFIX + ".damaged"
 #: Written by every Queue at every open; a folder without it was never one.
-_MARKER = "s/last_sync"
+_MARKER = LAST_SYNC
 #: The diskcache settings every Queue writes at every open, that diskcache's
 #: defaults do not have.
 _OUR_SETTINGS = {"eviction_policy": "none", "cull_limit": 0}
@@ -222,13 +226,13 @@ class QueueReader:
         return value if type(value) is int else 0
 
     def pending_count(self) -> int:
-        return self._int("s/pending")
+        return self._int(PENDING)
 
     def pending_bytes(self) -> int:
-        return self._int("s/pending_bytes")
+        return self._int(PENDING_BYTES)
 
     def rejected_count(self) -> int:
-        return self._int("s/rejected")
+        return self._int(REJECTED)
 
     def journal_moved_to(self) -> dict[str, int | None]:
         """How far the store moved each journal segment (its offset); None once finished."""

@@ -1,14 +1,15 @@
 """Read what can still be read from a damaged queue database, a bounded slice at a time.
 
-Used by ``Queue`` on a database it has set aside as corrupt (SQLite said
-"database disk image is malformed" or "file is not a database"). Plain
+Used by the store (``store/corrupt.py``) on a database it has set aside as
+corrupt (SQLite said "database disk image is malformed" or "file is not a
+database"). Plain
 ``sqlite3`` on that file only: nothing is unpickled, and only rows a queue
 writes (a known key prefix, a raw str, bytes or int value; not the counters,
 which are rebuilt from the rows, but the ledger's lifetime counts, which
 cannot be) are kept.
 
-Who calls what: :func:`read_slice` and :func:`known_numbers` are called by
-``Queue`` under the folder's salvage lock (``salvage.lock``), from whichever
+Who calls what: :func:`read_slice`, :func:`known_numbers` and :func:`rows_with`
+are called by the store under the folder's salvage lock (``salvage.lock``), from whichever
 thread opens the queue or claims a batch; they touch nothing but the file
 they are given.
 
@@ -22,9 +23,9 @@ scan can start from again. A damaged region costs some 2 log2(its width)
 queries, whatever its width; the rows inside it are lost.
 
 **Resumable.** A slice returns the rowid up to which the file has been read
-(or found unreadable); the queue stores it in the new database in the same
-transaction as the rows it carried (``v/<file name>``), and the next slice,
-in this process or another, starts there. So a large file is carried over a
+(or found unreadable); the store keeps it in the new database in the same
+transaction as the rows it carried (``s/salvage/<file name>``), and the next
+slice, in this process or another, starts there. So a large file is carried over a
 few opens and claims, never twice, and what is not carried yet stays in the
 set-aside file.
 """

@@ -1,7 +1,7 @@
 """The folder's send lock: a sender that cannot write leases sends alone.
 
-Leases (``l/`` rows, see ``queue.py``) keep the senders of several processes
-off each other's batches. On a full disk a lease cannot be written, yet
+Leases (``l/`` rows, see ``store/claims.py``) keep the senders of several
+processes off each other's batches. On a full disk a lease cannot be written, yet
 sending needs no disk (and is what lets the queue shrink later). So a sender
 whose claim failed for want of space claims in memory, writing nothing, but
 only while it holds this lock exclusively; a claim that writes leases holds
@@ -11,10 +11,11 @@ A ``flock`` on ``send.lock`` in the queue folder: the kernel releases it
 when the holding process dies. The file is made by the first sender that
 needs it; until then no one sends without leases and claims do not look.
 
-Who calls what: ``Queue.claim`` takes it shared around each claim that
-writes leases; ``Queue.hold_sending`` and ``Queue.let_go_sending`` (called by
+Who calls what: ``Queue.claim`` (``store/claims.py``) takes it shared
+around each claim that writes leases; ``Queue.hold_sending`` and ``Queue.let_go_sending`` (called by
 ``Delivery`` from the sending thread) take and drop it exclusively, for as
-long as batches claimed in memory or deletes owed remain.
+long as batches claimed in memory or deletes owed remain. Where it stands
+among the store's locks: ``store/db.py``.
 """
 
 from __future__ import annotations
