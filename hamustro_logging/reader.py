@@ -35,10 +35,14 @@ from urllib.parse import quote
 
 import diskcache.core
 
-from . import payload_pb2, payload_v2_pb2
 from .folder import DB_FILES
 from .journal import JOURNAL_DIR, SUFFIX
 from .ledger import LEDGER_PREFIX, Ledger
+from .payload_pb2 import Collection as Collection1
+from .payload_pb2 import Payload as Payload1
+from .payload_v2_pb2 import Collection as Collection2
+from .payload_v2_pb2 import Environment
+from .payload_v2_pb2 import Payload as Payload2
 from .store.errors import QueueCorrupt
 from .store.keys import (
     KEY_PREFIXES,
@@ -389,7 +393,7 @@ class QueueReader:
 # -- decoding stored events (export, and hamustro_logging.testing) -------------------
 
 
-def decode_payload(frame: bytes) -> payload_pb2.Payload | payload_v2_pb2.Payload:
+def decode_payload(frame: bytes) -> Payload1 | Payload2:
     """Decode one stored frame (a ``Collection.payloads`` entry: tag, length, Payload).
 
     A frame is a valid ``Collection`` with one payload, so protobuf strips
@@ -402,8 +406,8 @@ def decode_payload(frame: bytes) -> payload_pb2.Payload | payload_v2_pb2.Payload
     8
     """
     if frame_schema(frame) == 2:
-        return payload_v2_pb2.Collection.FromString(frame).payloads[0]
-    return payload_pb2.Collection.FromString(frame).payloads[0]
+        return Collection2.FromString(frame).payloads[0]
+    return Collection1.FromString(frame).payloads[0]
 
 
 def _text(value: str | bytes) -> str:
@@ -419,7 +423,7 @@ def event_record(session: str, header: bytes, nr: int, frame: bytes) -> dict[str
     """
     if frame_schema(frame) == 2:
         return _event_record_v2(session, header, nr, frame)
-    collection = payload_pb2.Collection.FromString(header + frame)
+    collection = Collection1.FromString(header + frame)
     payload = collection.payloads[0]
     has = payload.HasField
     optional = collection.HasField
@@ -445,7 +449,7 @@ def event_record(session: str, header: bytes, nr: int, frame: bytes) -> dict[str
 
 def _event_record_v2(session: str, header: bytes, nr: int, frame: bytes) -> dict[str, Any]:
     """One exported schema-2 event: ``parameters`` as a JSON object, ``env`` by name."""
-    collection = payload_v2_pb2.Collection.FromString(header + frame)
+    collection = Collection2.FromString(header + frame)
     payload = collection.payloads[0]
     has = payload.HasField
     optional = collection.HasField
@@ -459,7 +463,7 @@ def _event_record_v2(session: str, header: bytes, nr: int, frame: bytes) -> dict
     for name in ("timezone", "tenant_id", "user_id", "ip", "country"):
         line[name] = _text(getattr(payload, name)) if has(name) else None
     line["parameters"] = {_text(p.name): _text(p.value) for p in payload.parameters}
-    line["env"] = payload_v2_pb2.Environment.Name(collection.env)
+    line["env"] = Environment.Name(collection.env)
     for name in ("device_id", "client_id", "system_version", "product_version"):
         line[name] = _text(getattr(collection, name))
     for name in (

@@ -45,11 +45,11 @@ from collections.abc import Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, overload
 
-from . import payload_v2_pb2
 from .collector import DevCollector
 from .config import env_name, resolve
 from .handler import HamustroHandler
 from .mapping import build_event, build_event_v2, describe
+from .payload_v2_pb2 import Collection as Collection2
 from .queue import Queue
 from .reader import QueueReader, event_record
 from .spool import Spool
@@ -114,7 +114,7 @@ def _as_sent(schema: int, params: object) -> Any:
         raw = build_event("x", params=params, at=0).params
         return None if raw is None else _decoded(raw.decode("utf-8"))
     frame = encode_payloads_v2([build_event_v2("x", params=params, at=0)], 1)[0]
-    payload = payload_v2_pb2.Collection.FromString(frame).payloads[0]
+    payload = Collection2.FromString(frame).payloads[0]
     return {p.name: p.value for p in payload.parameters}
 
 
