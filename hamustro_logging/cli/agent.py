@@ -12,6 +12,7 @@ errors and output it shares with the other commands are ``_common``'s.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from .. import agent
@@ -27,6 +28,7 @@ from ._common import (
     PREFIX,
     AddCommand,
     Failure,
+    UsageError,
     _add_config_options,
     _config,
     _headers,
@@ -41,6 +43,11 @@ NAME = "agent"
 
 def run(args: argparse.Namespace) -> int:
     """Move every journal of the folder into its store and send, until SIGTERM or SIGINT."""
+    if not 0 <= args.nice <= 19:
+        raise UsageError(f"--nice must be 0 to 19, got {args.nice}")
+    # Below the apps it serves: on a busy host they get the CPU first, and
+    # their events wait in the folder meanwhile (the journal holds them).
+    os.nice(args.nice)
     config = _config(args, _FLUSH_SETTINGS)
     url, secret = config["collector_url"], config["shared_secret_key"]
     directory = _queue_dir(config.get("queue_dir"), config.get("client_id"), url)
@@ -84,6 +91,11 @@ def add_parser(add: AddCommand) -> None:
     agent_cmd.add_argument(
         "--interval", type=float, default=0.2, metavar="SECONDS",
         help="pause between two looks at the folder (default 0.2)",
+    )  # fmt: skip
+    agent_cmd.add_argument(
+        "--nice", type=int, default=10, metavar="N",
+        help="lower the agent's CPU priority by N (0-19; default 10): the apps it serves come "
+        "first on a busy host",
     )  # fmt: skip
     agent_cmd.add_argument(
         "--stop-timeout", type=float, default=10.0, metavar="SECONDS",

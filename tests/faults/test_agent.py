@@ -101,6 +101,28 @@ def test_the_app_starts_no_thread_and_the_agent_delivers_everything(
     assert user_ids(collector) == collections.Counter(range(2000))
 
 
+def _nice(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as stat:
+        return int(stat.read().rpartition(")")[2].split()[16])
+
+
+def test_the_agent_runs_below_the_apps_cpu_priority(
+    collector: DevCollector, tmp_path: Path, agents: list[subprocess.Popen[str]]
+) -> None:
+    mine = _nice(os.getpid())
+    agents.append(start_agent(collector, tmp_path / "a"))
+    agents.append(start_agent(collector, tmp_path / "b", "--nice", "3"))
+    assert [_nice(p.pid) - mine for p in agents] == [min(10, 19 - mine), min(3, 19 - mine)]
+    refused = subprocess.run(
+        [sys.executable, "-m", "hamustro_logging", "agent", "--queue-dir", str(tmp_path / "c"),
+         "--collector-url", collector.url, "--nice", "20"],
+        capture_output=True, text=True, timeout=60,
+        env=dict(os.environ, HAMUSTRO_SHARED_SECRET_KEY=TEST_SECRET),
+    )  # fmt: skip
+    assert refused.returncode == 2
+    assert "--nice must be 0 to 19, got 20" in refused.stderr
+
+
 def test_flush_says_when_no_agent_runs(collector: DevCollector, tmp_path: Path) -> None:
     handler = tracker_config(collector, tmp_path / "q", sender="agent")
     config = {"handler": handler, "n": 5, "start": 0, "flush": True}
