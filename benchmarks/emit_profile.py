@@ -58,6 +58,7 @@ HERE = Path(__file__).resolve().parent
 RULES: list[tuple[str, str]] = [
     ("/benchmarks/emit_cost.py", "the benchmark's loop itself"),
     ("hamustro_logging/mapping.py", "mapping (record -> event)"),
+    ("hamustro_logging/contextfields.py", "mapping (record -> event)"),
     ("hamustro_logging/wire.py", "encoding (protobuf frames)"),
     ("hamustro_logging/payload", "encoding (protobuf frames)"),
     ("google/protobuf/", "encoding (protobuf frames)"),
