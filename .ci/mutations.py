@@ -199,7 +199,7 @@ MUTATIONS = (
     Mutation(
         "damaged-chunk-sent",
         "hamustro_logging/store/damage.py",
-        "        if isinstance(value, bytes) and _frame_count(value) == n:",
+        "        if isinstance(value, bytes) and count_frames(value) == n:",
         "        if isinstance(value, bytes):",
         "a damaged row is set aside, every other event goes out",
         (
