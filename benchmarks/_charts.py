@@ -23,7 +23,7 @@ from matplotlib.figure import Figure
 
 #: emit_cost.py's handler names, in the order the chart shows them, with their labels.
 EMIT_LABELS = {
-    "stdlib QueueHandler(SimpleQueue)": "stdlib QueueHandler\n(SimpleQueue: the floor)",
+    "stdlib QueueHandler (bounded, unread)": "stdlib QueueHandler\n(bounded, unread: the floor)",
     "stdlib QueueHandler + QueueListener": "stdlib QueueHandler\n+ QueueListener",
     "HamustroHandler (default)": "HamustroHandler\n(default)",
     "HamustroHandler (schema=2)": "HamustroHandler\n(schema=2)",
