@@ -86,7 +86,7 @@ class Flusher:
         self.writer = JournalWriter(tracker.queue_dir, self._meta(), sync=sync)
         self.intake = Intake(
             tracker, self.writer, max_buffer, on_full=on_full, full_timeout=full_timeout,
-            movers_here=self.threads_run,
+            movers_here=lambda: self.threads_run,
             on_own_thread=lambda: threading.current_thread() in self._threads,
             store_error=lambda: self._storage_error,
         )  # fmt: skip
@@ -153,7 +153,7 @@ class Flusher:
         if not sqlite_usable_after_fork():
             return  # never SQLite here: an agent or the next start moves it
         self.writer.leave_to_writer()
-        self.threads_run = self.intake.movers_here = True
+        self.threads_run = True
         self.start()
 
     def flush(self, timeout: float | None) -> bool:

@@ -53,7 +53,7 @@ class Intake:
         *,
         on_full: str = "wait",
         full_timeout: float = 5.0,
-        movers_here: bool = True,
+        movers_here: Callable[[], bool] = lambda: True,
         on_own_thread: Callable[[], bool] = lambda: False,
         store_error: Callable[[], str | None] = lambda: None,
     ) -> None:
@@ -62,9 +62,9 @@ class Intake:
         self.max_buffer = max_buffer
         self.on_full = on_full
         self.full_timeout = full_timeout
-        #: True while this process's own threads move the journal (they notify
-        #: ``moved``); False when other processes do (an agent, the parent).
-        self.movers_here = movers_here
+        # True while this process's own threads move the journal (they notify
+        # ``moved``); False when other processes do (an agent, the parent).
+        self._movers_here = movers_here
         self._on_own_thread = on_own_thread
         self._store_error = store_error
         self._room = threading.Condition(threading.Lock())  # producers waiting for room
@@ -169,7 +169,6 @@ class Intake:
     def forget_after_fork(self) -> None:
         """In a forked child: a lock a parent thread held at the fork stays held; a new one."""
         self._room = threading.Condition(threading.Lock())
-        self.movers_here = False
 
     def _room_for(self, wait: bool) -> bool:
         """The journal holds ``max_buffer`` unmoved events: wait for the movers, or drop."""
@@ -183,7 +182,7 @@ class Intake:
                     if left <= 0 or self._closing:
                         break
                     # (without threads of its own, the movers are other processes: poll)
-                    self._room.wait(left if self.movers_here else min(left, _POLL))
+                    self._room.wait(left if self._movers_here() else min(left, _POLL))
             if self._has_room() or self._closing:
                 return True  # (close() is coming: the event goes to the journal all the same)
             self._stalled_at = self.writer.moved
@@ -197,7 +196,7 @@ class Intake:
             f"waited {self.full_timeout:g} s for room among {self.max_buffer} events "
             "waiting in the journal: "
         )
-        if not self.movers_here:
+        if not self._movers_here():
             return head + "is a hamustro-logging agent running on the folder?"
         if self.writer.moved != moved_before:
             return head + "the application logs faster than the store takes events"

@@ -50,6 +50,7 @@ from .store.keys import (
     PENDING,
     PENDING_BYTES,
     REJECTED,
+    journal_position,
     parse_chunk_key,
 )
 from .store.reading import summarize_sessions
@@ -247,7 +248,8 @@ class QueueReader:
             except QueueCorrupt:
                 continue
             if type(value) is int:
-                out[key[2:]] = value >> 32 if value >= 0 else None
+                position = journal_position(value)
+                out[key[2:]] = None if position is None else position[0]
         return out
 
     def aside_count(self) -> int:

@@ -35,7 +35,7 @@ from ..wire import UINT32_MAX, encode_payloads, number_bodies
 from .counts import Books, Counters
 from .db import Db, now_ms
 from .errors import DiskSpaceLow, QueueCorrupt
-from .keys import PENDING, PENDING_BYTES, chunk_key, chunk_parts, parse_chunk_key
+from .keys import PENDING, PENDING_BYTES, chunk_key, chunk_parts, journal_position, parse_chunk_key
 from .records import Appended
 
 __all__ = ["NUMBER_GAP", "Appender"]
@@ -305,14 +305,15 @@ class Appender:
             value = db.int_row(key, -1 << 62)  # (a sentinel for "no row")
             if value == -1 << 62:
                 value = None
-            if value is not None and value < 0:  # finished: moved to its end and removed
+            position = None if value is None else journal_position(value)
+            if value is not None and position is None:  # finished: moved to its end, removed
                 return Appended(0, -1, 0, 0), 0, 0
-            if value is None:
+            if position is None:
                 # A row this store never had: the segment is new to it, or the
                 # store is (a folder wiped under a running app): its writer's
                 # own process knows how far it moved it.
-                value = (known[0] << 32 | known[1]) if known is not None else 0
-            start, moved = value >> 32, value & 0xFFFFFFFF
+                position = known if known is not None else (0, 0)
+            start, moved = position
             if start < START:
                 start, moved = START, 0
             end, bodies = read(start)
@@ -365,6 +366,7 @@ class Appender:
         out: dict[str, tuple[int, int]] = {}
         for key in self._db.keys_with("j/"):
             value = self._db.int_row(key)
-            if value is not None and value >= 0:
-                out[key[2:]] = (value >> 32, value & 0xFFFFFFFF)
+            position = None if value is None else journal_position(value)
+            if position is not None:
+                out[key[2:]] = position
         return out

@@ -75,6 +75,7 @@ __all__ = [
     "after",
     "chunk_key",
     "chunk_parts",
+    "journal_position",
     "parse_chunk_key",
 ]
 
@@ -110,6 +111,18 @@ def parse_chunk_key(key: str) -> tuple[str, str, int, int] | None:
     if not session or not hid or first < 1 or n < 1:
         return None
     return session, hid, first, n
+
+
+def journal_position(value: int) -> tuple[int, int] | None:
+    """A ``j/{segment}`` row's value as (offset moved to, events moved); None once finished.
+
+    A segment moved to its end and removed keeps its row as minus the time
+    it finished (ms), so a mover that opened it before finds it done.
+
+    >>> journal_position(4096 << 32 | 17), journal_position(-1_700_000_000_000)
+    ((4096, 17), None)
+    """
+    return None if value < 0 else (value >> 32, value & 0xFFFFFFFF)
 
 
 def after(prefix: str) -> str:
