@@ -314,6 +314,22 @@ MUTATIONS = (
         ),
     ),
     Mutation(
+        "one-pass-skips-a-check",
+        "hamustro_logging/mapping.py",
+        "        if type(user_id) is not int or not 0 <= user_id <= UINT32_MAX:",
+        "        if type(user_id) is not int:",
+        "the one-pass encoding of the common event is the full path's, or leaves the record to it",
+        ("tests/test_properties.py::test_the_one_pass_body_is_the_full_paths_or_none",),
+    ),
+    Mutation(
+        "one-pass-encodes-differently",
+        "hamustro_logging/mapping.py",
+        '        parts.append(b"\\x38\\x01")',
+        '        parts.append(b"\\x38\\x00")',
+        "the one-pass encoding of the common event is the full path's, or leaves the record to it",
+        ("tests/test_properties.py::test_the_one_pass_body_is_the_full_paths_or_none",),
+    ),
+    Mutation(
         "every-event-refused",
         "hamustro_logging/mapping.py",
         "    return tuple.__new__(Event, (int(at), name, user_id, ip_bytes, params_bytes, is_testing))",  # noqa: E501

@@ -18,7 +18,7 @@ from typing import Any
 
 from .config import Spec, check_schema, resolve
 from .flusher import ON_FULL, SENDERS, Flusher
-from .mapping import EventError, describe, map_record, map_record_v2
+from .mapping import EventError, describe, map_record, map_record_v2, record_body
 from .tracker import TRACKER_OPTIONS, ClientTracker, TrackedEvent, only_in
 from .wire import Event, journal_body, journal_body_v2
 
@@ -211,6 +211,9 @@ class HamustroHandler(logging.Handler):
         self.max_event_bytes = self.tracker.max_event_bytes
         self.event_key: str = o["event_key"]
         self.sender: str = o["sender"]
+        #: The default mapping of schema 1 in one pass (mapping.record_body),
+        #: unless a subclass maps records its own way.
+        self._one_pass = self.schema == 1 and type(self).map_record is HamustroHandler.map_record
         self._closed = False
         self._flusher = Flusher(
             self.tracker, self.max_buffer, name=f"hamustro-{id(self):x}",
@@ -254,14 +257,21 @@ class HamustroHandler(logging.Handler):
         try:
             if str(record.name).partition(".")[0] in _NEVER_FROM:
                 return
-            event = self.map_record(record)
-            if event is None:
-                return
             ip = self.tracker.cached_ip()
-            if isinstance(event, Event):
-                self._flusher.put(journal_body(event, ip))
-            else:
-                self._flusher.put(journal_body_v2(event, ip))
+            body = None
+            if self._one_pass:  # the common event; None: the full path decides
+                body = record_body(
+                    record, self.is_testing, self.max_event_bytes, self.event_key, ip
+                )
+            if body is None:
+                event = self.map_record(record)
+                if event is None:
+                    return
+                if isinstance(event, Event):
+                    body = journal_body(event, ip)
+                else:
+                    body = journal_body_v2(event, ip)
+            self._flusher.put(body)
         except Exception:
             self.handleError(record)
 

@@ -203,15 +203,21 @@ class _Open:
                 os.unlink(making)
             raise
 
-    def room(self, n: int) -> bool:
-        return self.pos + 8 + _align(n) + _SEAL_ROOM <= self.size
+    def write(self, body: bytes, keep: int = _SEAL_ROOM) -> bool:
+        """Write one record if it fits with ``keep`` bytes left after it; False if not.
 
-    def write(self, body: bytes) -> None:
+        One call for the check and the write: it runs for every event.
+        """
         n = len(body)
         pos = self.pos
-        self.map[pos + 8 : pos + 8 + n] = body
-        _HEAD.pack_into(self.map, pos, n, zlib.crc32(body))
-        self.pos = pos + 8 + _align(n)
+        end = pos + 8 + ((n + 7) & ~7)  # (_align, inline)
+        if end + keep > self.size:
+            return False
+        m = self.map
+        m[pos + 8 : pos + 8 + n] = body
+        _HEAD.pack_into(m, pos, n, zlib.crc32(body))
+        self.pos = end
+        return True
 
     @property
     def name(self) -> str:
@@ -300,9 +306,9 @@ class JournalWriter:
     def append(self, body: bytes) -> None:
         """Write one record; raises ``OSError`` if a new segment cannot be made (a full disk)."""
         current = self.current
-        if current is None or current.gone or not current.room(len(body)):
+        if current is None or current.gone or not current.write(body):
             current = self._next_segment(len(body))
-        current.write(body)
+            current.write(body)  # (made with room for it)
         current.events += 1
         self.appended += 1
         if self.sync:
@@ -325,7 +331,7 @@ class JournalWriter:
         if current is None:
             return
         with contextlib.suppress(Exception):
-            current.write(b"Z")
+            current.write(b"Z", keep=0)  # (into the room kept for it)
             if self.sync:
                 current.map.flush()
         if self.meta.moved_by_writer:

@@ -15,7 +15,6 @@ True
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
 import json
 import logging
@@ -25,7 +24,7 @@ from typing import Any
 
 from .contextfields import _CURRENT as _CONTEXT
 from .contextfields import overlay
-from .wire import UINT32_MAX, UINT64_MAX, Event, Event2, encode_parameters
+from .wire import _SMALL, UINT32_MAX, UINT64_MAX, Event, Event2, encode_parameters, varint
 
 __all__ = [
     "EventError",
@@ -36,6 +35,7 @@ __all__ = [
     "local_offset",
     "map_record",
     "map_record_v2",
+    "record_body",
 ]
 
 #: Attributes every LogRecord has; whatever else a record carries came from
@@ -76,8 +76,10 @@ def _to_json(value: object) -> str:
     ValueError: Circular reference detected
     """
     if _fast_encoder is not None and type(value) in (dict, list):
-        with contextlib.suppress(Exception):  # RecursionError too: the exact cause comes next
+        try:  # (not contextlib.suppress: making one cost as much as the encoding)
             return "".join(_fast_encoder(value, 0))
+        except Exception:  # noqa: S110 -- RecursionError too: the exact cause comes next
+            pass
     return _encoder.encode(value)
 
 
@@ -257,6 +259,94 @@ def map_record(
         record.created,
         max_event_bytes=max_event_bytes,
     )
+
+
+#: The last epoch second :func:`record_body` encoded, and its varint: events
+#: come many to a second (a tuple replaced whole, so threads need no lock).
+_last_second: list[tuple[int, bytes]] = [(0, b"\x00")]
+#: Epoch seconds whose varint is 5 bytes or less (until the year 3058).
+_FIVE_BYTE_SECONDS = 1 << 35
+
+
+def record_body(
+    record: logging.LogRecord,
+    default_is_testing: bool,
+    max_event_bytes: int,
+    event_key: str,
+    default_ip: bytes | None,
+) -> bytes | None:
+    """The default mapping and the journal encoding of schema 1 in one pass, for the common event.
+
+    Returns exactly ``journal_body(map_record(record, ...), default_ip)``
+    for a record whose fields are of the plain types (a non-empty str
+    ``event``, an int ``user_id`` or none, a dict or str ``params`` or none,
+    a bool ``is_testing``, no ``ip`` of its own), or ``None`` for every other
+    record: a plain log line, a bad field, an unusual type. For ``None`` the
+    caller takes the full path (:func:`map_record`, then
+    :func:`~hamustro_logging.wire.journal_body`), which decides and says why,
+    so the checks and their messages stay in one place. One pass, no
+    :class:`Event` in between: this runs for every event on the app's thread.
+
+    >>> import logging
+    >>> r = logging.makeLogRecord({"event": "signup", "user_id": 7, "created": 5.0})
+    >>> from hamustro_logging.wire import journal_body
+    >>> record_body(r, False, 65536, "event", None) == journal_body(map_record(r))
+    True
+    >>> record_body(logging.makeLogRecord({"event": "signup", "user_id": "7"}), False, 65536,
+    ...             "event", None) is None  # not an int: map_record says why
+    True
+    """
+    d: Mapping[str, Any] = record.__dict__
+    name = d.get(event_key)
+    if type(name) is not str or not name:
+        return None
+    fields = _CONTEXT.get()
+    if fields is not None:
+        d = overlay(d, fields)
+    user_id = d.get("user_id")
+    params = d.get("params")
+    is_testing = d.get("is_testing", default_is_testing)
+    if d.get("ip") is not None or (is_testing is not False and is_testing is not True):
+        return None
+    try:
+        encoded_name = name.encode("utf-8")
+        if params is None:
+            encoded_params = None
+        elif type(params) is dict and _fast_encoder is not None:
+            encoded_params = "".join(_fast_encoder(params, 0)).encode("utf-8")
+        elif type(params) is str:
+            encoded_params = params.encode("utf-8")
+        else:
+            return None
+    except Exception:  # not JSON, not Unicode: map_record names the field and the cause
+        return None
+    at = record.created
+    n = len(encoded_name)
+    if type(at) is not float or not 0 <= at < _FIVE_BYTE_SECONDS or n >= 0x70:
+        return None  # (a name below 0x70 bytes keeps the head's length in one byte)
+    second = int(at)
+    cached, at_varint = _last_second[0]
+    if cached != second:
+        at_varint = varint(second)
+        _last_second[0] = (second, at_varint)
+    # journal_body's layout: b"E", the head's length, the head (at, event), the tail
+    parts = [b"E", _SMALL[3 + len(at_varint) + n], b"\x08", at_varint, b"\x12", _SMALL[n],
+             encoded_name]  # fmt: skip
+    if user_id is not None:
+        if type(user_id) is not int or not 0 <= user_id <= UINT32_MAX:
+            return None
+        parts += (b"\x20", varint(user_id))
+    if default_ip is not None:
+        parts += (b"\x2a", varint(len(default_ip)), default_ip)
+    if encoded_params is not None:
+        if n + len(encoded_params) > max_event_bytes:
+            return None
+        parts += (b"\x32", varint(len(encoded_params)), encoded_params)
+    elif n > max_event_bytes:
+        return None
+    if is_testing:
+        parts.append(b"\x38\x01")
+    return b"".join(parts)
 
 
 # -- schema 2 ---------------------------------------------------------------------------

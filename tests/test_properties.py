@@ -14,6 +14,7 @@ refused every event, or named the wrong field, fails.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import logging
@@ -21,12 +22,13 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from hamustro_logging import HamustroHandler, payload_pb2, payload_v2_pb2, wire
 from hamustro_logging.collector.schema2 import _parameters_json
-from hamustro_logging.mapping import EventError, build_event
+from hamustro_logging.contextfields import _CURRENT as _CONTEXT
+from hamustro_logging.mapping import EventError, build_event, map_record, record_body
 
 from .support import tracker_config
 
@@ -243,6 +245,102 @@ def test_map_record_refuses_clearly_or_encodes_what_was_given(
         return built
 
     check(mapped, event, user_id, params, is_testing, ip)
+
+
+# -- the one-pass encoding (mapping.record_body) is the full path's, or steps aside -----
+
+#: Records' ``created``: the usual float, and what a filter might set instead.
+CREATED = st.one_of(
+    st.floats(0, 2**35),
+    st.sampled_from([AT + 0.75, 0.0, -1.0, float("nan"), float("inf"), 2.0**35, 2.0**64]),
+    st.integers(0, 2**36),
+)
+DEFAULT_IP = st.sampled_from([None, b"10.0.0.7", b"2001:db8::1"])
+#: A context's fields (hamustro_logging.context), or none in force.
+CONTEXT = st.one_of(
+    st.none(),
+    st.fixed_dictionaries(
+        {}, optional={"user_id": USER_ID, "params": PARAMS, "is_testing": IS_TESTING}
+    ),
+)
+
+
+@settings(max_examples=500)
+@given(
+    event=EVENT, user_id=USER_ID, params=PARAMS, is_testing=IS_TESTING,
+    ip=mostly(st.none(), IP), created=mostly(st.floats(0, 2**35 - 1), CREATED),
+    default_ip=DEFAULT_IP, default_is_testing=st.booleans(),
+    max_event_bytes=st.sampled_from([65536, 40, 8]), context=mostly(st.none(), CONTEXT),
+    absent=mostly(st.just(set()), st.sets(st.sampled_from(sorted(FIELDS)))),
+)  # fmt: skip
+# the edges of every plain type, each alone in an otherwise common event
+@example("e", 2**32, None, False, None, AT + 0.5, None, False, 65536, None, set())
+@example("e", -1, None, False, None, AT + 0.5, None, False, 65536, None, set())
+@example("e", None, "x" * 40, False, None, AT + 0.5, None, False, 40, None, set())
+@example("e" * 0x70, None, None, False, None, AT + 0.5, None, False, 65536, None, set())
+@example("e", None, None, False, None, 2.0**35, None, False, 65536, None, set())
+def test_the_one_pass_body_is_the_full_paths_or_none(
+    event: object, user_id: object, params: object, is_testing: object, ip: object,
+    created: float, default_ip: bytes | None, default_is_testing: bool,
+    max_event_bytes: int, context: dict[str, Any] | None, absent: set[str],
+) -> None:  # fmt: skip
+    """``record_body`` gives the very bytes of ``journal_body(map_record(...))``, or None.
+
+    None hands the record to the full path, which refuses it with its own
+    message or maps it; a record the full path refuses never gets a body here.
+    """
+    fields = {"event": event, "user_id": user_id, "params": params}
+    fields.update(is_testing=is_testing, ip=ip)
+    record = logging.makeLogRecord(
+        {**{k: v for k, v in fields.items() if k not in absent}, "created": created}
+    )
+    args = (default_is_testing, max_event_bytes, "event")
+    with context_of(context):
+        body = record_body(record, *args, default_ip)
+        try:
+            full = map_record(record, *args)
+        except EventError:
+            assert body is None
+            return
+    if full is None:
+        assert body is None
+    elif body is not None:
+        assert body == wire.journal_body(full, default_ip)
+
+
+def test_the_one_pass_body_takes_the_common_event() -> None:
+    """The plain types go the one-pass way (a record_body that always said None would fail)."""
+    extras: list[dict[str, Any]] = [
+        {"event": "order_placed", "user_id": 7, "params": {"total": 12, "currency": "EUR"}},
+        {"event": "signup"},
+        {"event": "é" * 40, "user_id": 2**32 - 1, "params": "raw", "is_testing": True},
+        {"event": "x", "user_id": None, "params": {"a": [1, 2.5, None, {"b": "c"}]}},
+    ]
+    for extra in extras:
+        record = logging.makeLogRecord({**extra, "created": AT + 0.25})
+        for default_ip in (None, b"10.0.0.7"):
+            body, full = record_body(record, False, 65536, "event", default_ip), map_record(record)
+            assert body is not None and full is not None, extra
+            assert body == wire.journal_body(full, default_ip)
+    with context_of({"user_id": 9, "params": {"plan": "pro"}}):
+        record = logging.makeLogRecord({"event": "signup", "params": {"seats": 3}, "created": AT})
+        record.created = AT + 0.5  # (a float, as the logging module makes it)
+        body, full = record_body(record, False, 65536, "event", None), map_record(record)
+    assert full is not None and full.user_id == 9
+    assert body is not None and body == wire.journal_body(full)
+
+
+@contextlib.contextmanager
+def context_of(fields: dict[str, Any] | None) -> Iterator[None]:
+    """``fields`` in force as a context's (set on the variable: a bad value is the test's input)."""
+    if fields is None:
+        yield
+        return
+    token = _CONTEXT.set(fields)
+    try:
+        yield
+    finally:
+        _CONTEXT.reset(token)
 
 
 # -- inputs the strategies above do not reach, or reach too rarely ----------------
