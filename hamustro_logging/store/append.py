@@ -215,18 +215,20 @@ class Appender:
         self, session: str, hid: str, first_nr: int, frames: Sequence[bytes], attempts: int = 0
     ) -> None:
         """Store frames numbered from ``first_nr`` on, in chunks of bounded size."""
-        start = size = 0
         cache = self._db.cache
-        for i, frame in enumerate(frames):
-            if i > start and (
-                i - start >= self.chunk_events or size + len(frame) > self.chunk_bytes
-            ):
-                key = chunk_key(session, hid, first_nr + start, i - start)
-                cache.set(key, b"".join(frames[start:i]))
-                if attempts:
-                    cache.set("m/" + key, attempts)
-                start, size = i, 0
-            size += len(frame)
+        start, size = 0, sum(map(len, frames))
+        if len(frames) > self.chunk_events or size > self.chunk_bytes:  # (else: one chunk)
+            size = 0
+            for i, frame in enumerate(frames):
+                if i > start and (
+                    i - start >= self.chunk_events or size + len(frame) > self.chunk_bytes
+                ):
+                    key = chunk_key(session, hid, first_nr + start, i - start)
+                    cache.set(key, b"".join(frames[start:i]))
+                    if attempts:
+                        cache.set("m/" + key, attempts)
+                    start, size = i, 0
+                size += len(frame)
         key = chunk_key(session, hid, first_nr + start, len(frames) - start)
         cache.set(key, b"".join(frames[start:]))
         if attempts:
@@ -321,12 +323,14 @@ class Appender:
             room = max(0, self.max_events - self._counters.get(PENDING))
             room_bytes = self.max_bytes - self._counters.get(PENDING_BYTES)
             frames = number_bodies(bodies[:room], first, schema) if bodies else []
-            size = 0
-            for i, frame in enumerate(frames):
-                if size + len(frame) > room_bytes:
-                    del frames[i:]
-                    break
-                size += len(frame)
+            size = sum(map(len, frames))
+            if size > room_bytes:  # keep what fits
+                size = 0
+                for i, frame in enumerate(frames):
+                    if size + len(frame) > room_bytes:
+                        del frames[i:]
+                        break
+                    size += len(frame)
             if frames:
                 last = first + len(frames) - 1
                 if last > UINT32_MAX:

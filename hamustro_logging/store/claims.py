@@ -187,7 +187,10 @@ class Claims:
                     resent += chunk_parts(key)[3]
             self._books.book({"resent": resent})
             self._cursor = f"e/{group[0]}/{group[1]}0"
-        return Batch(group[0], group[1], tuple(keys), header, b"".join(data), count, token, lease)
+        return Batch(
+            group[0], group[1], tuple(keys), header, b"".join(data), count, token,
+            tuple(map(len, data)), lease,
+        )  # fmt: skip
 
     def _claimable(
         self, session: str, hid: str, destinations: Container[str] | None, skip: Container[str]

@@ -7,6 +7,7 @@ I/O.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from ..wire import iter_frames
@@ -30,12 +31,21 @@ class Batch:
     data: bytes
     count: int
     token: str
+    #: Each chunk's bytes in ``data``, in the order of ``keys``.
+    sizes: tuple[int, ...]
     #: False: claimed in memory, no lease written (a full disk; see ``Queue.claim``).
     leased: bool = True
 
     @property
     def body(self) -> bytes:
         return self.header + self.data
+
+    def chunks(self) -> Iterator[tuple[str, bytes]]:
+        """Each chunk's key and its frames (as stored: concatenated), in order."""
+        offset = 0
+        for key, size in zip(self.keys, self.sizes, strict=True):
+            yield key, self.data[offset : offset + size]
+            offset += size
 
     def frames(self) -> list[tuple[int, bytes]]:
         """Each payload of the batch with its ``nr`` (chunks hold consecutive numbers)."""

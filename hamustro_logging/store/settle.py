@@ -21,6 +21,7 @@ import collections
 from collections.abc import Iterator, Sequence
 
 from ..owners import token_owner
+from ..wire import iter_frames
 from .append import Appender
 from .claims import mine
 from .counts import Books, Counters
@@ -76,18 +77,21 @@ class Settler:
         """
         db = self._db
         sent = resent = rejected = freed = 0
-        maybe = (
-            [kept_maybe_sent] * len(verdicts)
-            if isinstance(kept_maybe_sent, bool)
-            else list(kept_maybe_sent)
-        )
-        frames = iter(zip(batch.frames(), verdicts, maybe, strict=True))
+        total = len(verdicts)
+        maybe = [kept_maybe_sent] * total if isinstance(kept_maybe_sent, bool) else kept_maybe_sent
+        if not total == len(maybe) == batch.count:
+            raise ValueError(
+                f"{total} verdicts and {len(maybe)} kept_maybe_sent for {batch.count} payloads"
+            )
         counts: collections.Counter[str] = collections.Counter()
         with db.transaction():
             cache = db.cache  # read under the gate: a salvage may have replaced it
-            for key in batch.keys:
-                session, hid, _, n = chunk_parts(key)
-                chunk = [next(frames) for _ in range(n)]
+            index = 0
+            for key, data in batch.chunks():
+                session, hid, first, n = chunk_parts(key)
+                chunk_verdicts = verdicts[index : index + n]
+                chunk_maybe = maybe[index : index + n]
+                index += n
                 if not mine(db, key, batch.token, batch.leased):
                     continue
                 if batch.leased:
@@ -99,9 +103,21 @@ class Settler:
                 earlier = attempts > 1
                 for key_ in (key, "l/" + key, "m/" + key):
                     cache.delete(key_)
+                if chunk_verdicts.count(True) == n:  # (a verdict is a bool, a str or None)
+                    # The common case, the whole chunk delivered: no payload looked at.
+                    sent += n
+                    freed += len(data)
+                    if earlier:
+                        resent += n
+                        if not batch.leased:
+                            counts["resent"] += n
+                    continue
                 keep: list[tuple[int, bytes]] = []
                 keep_maybe: list[tuple[int, bytes]] = []
-                for (nr, frame), verdict, maybe_sent in chunk:
+                numbered = zip(range(first, first + n), iter_frames(data), strict=True)
+                for (nr, frame), verdict, maybe_sent in zip(
+                    numbered, chunk_verdicts, chunk_maybe, strict=True
+                ):
                     stored = verdict is True or (verdict is None and maybe_sent)
                     if earlier:
                         resent += stored
