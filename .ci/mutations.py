@@ -330,6 +330,22 @@ MUTATIONS = (
         ("tests/test_properties.py::test_the_one_pass_body_is_the_full_paths_or_none",),
     ),
     Mutation(
+        "one-pass-v2-skips-a-check",
+        "hamustro_logging/mapping.py",
+        "                if type(key) is not str or not key:",
+        "                if type(key) is not str:",
+        "schema 2's one-pass encoding is the full path's, or leaves the record to it",
+        ("tests/test_properties.py::test_the_one_pass_body_of_schema_2_is_the_full_paths_or_none",),
+    ),
+    Mutation(
+        "one-pass-v2-miscounts-the-size",
+        "hamustro_logging/mapping.py",
+        "                size += 1 + len(inner_length) + len(inner)",
+        "                size += len(inner)",
+        "schema 2's one-pass encoding is the full path's, or leaves the record to it",
+        ("tests/test_properties.py::test_the_one_pass_body_of_schema_2_is_the_full_paths_or_none",),
+    ),
+    Mutation(
         "every-event-refused",
         "hamustro_logging/mapping.py",
         "    return tuple.__new__(Event, (int(at), name, user_id, ip_bytes, params_bytes, is_testing))",  # noqa: E501

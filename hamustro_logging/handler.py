@@ -18,7 +18,14 @@ from typing import Any
 
 from .config import Spec, check_schema, resolve
 from .flusher import ON_FULL, SENDERS, Flusher
-from .mapping import EventError, describe, map_record, map_record_v2, record_body
+from .mapping import (
+    EventError,
+    describe,
+    map_record,
+    map_record_v2,
+    record_body,
+    record_body_v2,
+)
 from .tracker import TRACKER_OPTIONS, ClientTracker, TrackedEvent, only_in
 from .wire import Event, journal_body, journal_body_v2
 
@@ -211,9 +218,9 @@ class HamustroHandler(logging.Handler):
         self.max_event_bytes = self.tracker.max_event_bytes
         self.event_key: str = o["event_key"]
         self.sender: str = o["sender"]
-        #: The default mapping of schema 1 in one pass (mapping.record_body),
+        #: The default mapping in one pass (mapping.record_body, record_body_v2),
         #: unless a subclass maps records its own way.
-        self._one_pass = self.schema == 1 and type(self).map_record is HamustroHandler.map_record
+        self._one_pass = type(self).map_record is HamustroHandler.map_record
         self._closed = False
         self._flusher = Flusher(
             self.tracker, self.max_buffer, name=f"hamustro-{id(self):x}",
@@ -258,11 +265,20 @@ class HamustroHandler(logging.Handler):
             if str(record.name).partition(".")[0] in _NEVER_FROM:
                 return
             ip = self.tracker.cached_ip()
-            body = None
-            if self._one_pass:  # the common event; None: the full path decides
+            # The common event in one pass; None: the full path (map_record) decides.
+            if not self._one_pass:
+                body = None
+            elif self.schema == 1:
                 body = record_body(
                     record, self.is_testing, self.max_event_bytes, self.event_key, ip
                 )
+            else:
+                tenant, user = self.tracker.user
+                body = record_body_v2(
+                    record, self.max_event_bytes, self.event_key,
+                    self.tenant_id if tenant is None else tenant,
+                    self.user_id if user is None else user, ip,
+                )  # fmt: skip
             if body is None:
                 event = self.map_record(record)
                 if event is None:

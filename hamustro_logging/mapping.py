@@ -36,6 +36,7 @@ __all__ = [
     "map_record",
     "map_record_v2",
     "record_body",
+    "record_body_v2",
 ]
 
 #: Attributes every LogRecord has; whatever else a record carries came from
@@ -590,6 +591,121 @@ def map_record_v2(
         record.created,
         max_event_bytes=max_event_bytes,
     )
+
+
+def record_body_v2(
+    record: logging.LogRecord,
+    max_event_bytes: int,
+    event_key: str,
+    default_tenant_id: str | None,
+    default_user_id: str | None,
+    default_ip: bytes | None,
+) -> bytes | None:
+    """Schema 2's :func:`record_body`: ``journal_body_v2(map_record_v2(...))`` in one pass, or None.
+
+    The common event only: a non-empty str ``event``; ``user_id`` a
+    non-empty str or an int, or none; ``tenant_id`` a non-empty str or
+    none; ``params`` a dict of non-empty str names to str, int, bool or
+    None values, or none; ``timezone`` a str or none (the local offset);
+    no ``ip``, ``country`` or ``is_testing`` of its own. Every other record
+    gets None, and the caller takes the full path (:func:`map_record_v2`).
+
+    >>> import logging
+    >>> from hamustro_logging.wire import journal_body_v2
+    >>> r = logging.makeLogRecord({"event": "signup", "params": {"plan": "pro"}, "created": 5.0})
+    >>> record_body_v2(r, 65536, "event", None, "u-7", None) == journal_body_v2(
+    ...     map_record_v2(r, 65536, "event", None, "u-7"))
+    True
+    """
+    d: Mapping[str, Any] = record.__dict__
+    name = d.get(event_key)
+    if type(name) is not str or not name:
+        return None
+    fields = _CONTEXT.get()
+    if fields is not None:
+        d = overlay(d, fields)
+    if "is_testing" in d or d.get("ip") is not None or d.get("country") is not None:
+        return None
+    user_id = d.get("user_id")
+    if user_id is None:
+        user_id = default_user_id
+    tenant_id = d.get("tenant_id")
+    if tenant_id is None:
+        tenant_id = default_tenant_id
+    timezone = d.get("timezone")
+    params = d.get("params")
+    at = record.created
+    if type(at) is not float or not 0 <= at < _FIVE_BYTE_SECONDS:
+        return None
+    parts: list[bytes] = []
+    try:
+        encoded_name = name.encode("utf-8")
+        n = len(encoded_name)
+        if n >= 0x70:
+            return None
+        second = int(at)
+        cached, at_varint = _last_second[0]
+        if cached != second:
+            at_varint = varint(second)
+            _last_second[0] = (second, at_varint)
+        parts += (b"E", _SMALL[3 + len(at_varint) + n], b"\x08", at_varint, b"\x12", _SMALL[n],
+                  encoded_name)  # fmt: skip
+        if timezone is None:
+            start, end, zone = local_offset.cached  # the cache, without a call
+            if not start <= at < end:
+                zone = local_offset(at)
+        elif type(timezone) is str:
+            zone = timezone.encode("utf-8")
+        else:
+            return None
+        size = n + len(zone)
+        parts += (b"\x22", varint(len(zone)), zone)
+        if tenant_id is not None:
+            if type(tenant_id) is not str or not tenant_id:
+                return None
+            tenant = tenant_id.encode("utf-8")
+            size += len(tenant)
+            parts += (b"\x2a", varint(len(tenant)), tenant)
+        if user_id is not None:
+            if type(user_id) is str and user_id:
+                user = user_id.encode("utf-8")
+            elif type(user_id) is int:
+                user = str(user_id).encode("ascii")
+            else:
+                return None
+            size += len(user)
+            parts += (b"\x32", varint(len(user)), user)
+        if default_ip is not None:
+            parts += (b"\x3a", varint(len(default_ip)), default_ip)
+        if params is not None:
+            if type(params) is not dict:
+                return None
+            # encode_parameters' layout, one Parameter (field 9) per pair
+            for key, value in params.items():
+                if type(key) is not str or not key:
+                    return None
+                kind = type(value)
+                if kind is str:
+                    text = value
+                elif value is None:
+                    continue
+                elif kind is int:
+                    text = str(value)
+                elif kind is bool:
+                    text = "true" if value else "false"
+                else:
+                    return None  # (JSON of other values: map_record_v2)
+                encoded_key, encoded_value = key.encode("utf-8"), text.encode("utf-8")
+                inner = b"".join((b"\x0a", varint(len(encoded_key)), encoded_key, b"\x12",
+                                  varint(len(encoded_value)), encoded_value))  # fmt: skip
+                inner_length = varint(len(inner))
+                size += 1 + len(inner_length) + len(inner)
+                parts += (b"\x4a", inner_length, inner)
+    except UnicodeEncodeError:  # map_record_v2 names the field and the cause
+        return None
+    if size > max_event_bytes:
+        return None
+    return b"".join(parts)
 
 
 def extra_attributes(record: logging.LogRecord) -> dict[str, Any]:

@@ -28,7 +28,14 @@ from hypothesis import strategies as st
 from hamustro_logging import HamustroHandler, payload_pb2, payload_v2_pb2, wire
 from hamustro_logging.collector.schema2 import _parameters_json
 from hamustro_logging.contextfields import _CURRENT as _CONTEXT
-from hamustro_logging.mapping import EventError, build_event, map_record, record_body
+from hamustro_logging.mapping import (
+    EventError,
+    build_event,
+    map_record,
+    map_record_v2,
+    record_body,
+    record_body_v2,
+)
 
 from .support import tracker_config
 
@@ -328,6 +335,73 @@ def test_the_one_pass_body_takes_the_common_event() -> None:
         body, full = record_body(record, False, 65536, "event", None), map_record(record)
     assert full is not None and full.user_id == 9
     assert body is not None and body == wire.journal_body(full)
+
+
+# schema 2's fields, the plain types mostly, anything else sometimes
+NAME_V2 = mostly(st.text(min_size=1, max_size=8), st.one_of(TEXT, st.none(), st.integers()))
+VALUE_V2 = mostly(
+    st.one_of(st.text(max_size=8), st.integers(), st.booleans(), st.none()),
+    st.one_of(JSONISH, TEXT),
+)
+PARAMS_V2 = mostly(
+    st.one_of(st.none(), st.dictionaries(NAME_V2, VALUE_V2, max_size=4)),
+    st.one_of(TEXT, st.lists(VALUE_V2, max_size=2), st.integers()),
+)
+TEXT_V2 = mostly(
+    st.one_of(st.none(), st.text(min_size=1, max_size=8)), st.one_of(TEXT, st.integers())
+)
+USER_V2 = st.one_of(TEXT_V2, st.integers(-(2**40), 2**40), st.booleans())
+
+
+@settings(max_examples=500)
+@given(
+    event=EVENT, params=PARAMS_V2, user_id=USER_V2, tenant_id=TEXT_V2, timezone=TEXT_V2,
+    extra=st.fixed_dictionaries(
+        {}, optional={"ip": IP, "country": TEXT_V2, "is_testing": st.booleans()}
+    ),
+    created=mostly(st.floats(0, 2**35 - 1), CREATED), default_ip=DEFAULT_IP,
+    defaults=st.tuples(TEXT_V2, TEXT_V2), max_event_bytes=st.sampled_from([65536, 40, 12]),
+    context=mostly(st.none(), st.fixed_dictionaries({}, optional={"params": PARAMS_V2})),
+)  # fmt: skip
+@example("e", {"k": None, "": "v"}, None, None, None, {}, AT + 0.5, None, (None, None), 65536, None)
+# 215 bytes (e, +01:00, the pair's 208), the pair's tag and length bytes included
+@example("e", {"k": "v" * 200}, None, None, "+01:00", {}, AT + 0.5, None, (None, None), 213, None)
+def test_the_one_pass_body_of_schema_2_is_the_full_paths_or_none(
+    event: object, params: object, user_id: object, tenant_id: object, timezone: object,
+    extra: dict[str, Any], created: float, default_ip: bytes | None,
+    defaults: tuple[Any, Any], max_event_bytes: int, context: dict[str, Any] | None,
+) -> None:  # fmt: skip
+    """``record_body_v2`` gives the bytes of ``journal_body_v2(map_record_v2(...))``, or None."""
+    fields = {"event": event, "params": params, "user_id": user_id, "tenant_id": tenant_id}
+    record = logging.makeLogRecord({**fields, "timezone": timezone, **extra, "created": created})
+    args = (max_event_bytes, "event", *defaults)
+    with context_of(context):
+        body = record_body_v2(record, *args, default_ip)
+        try:
+            full = map_record_v2(record, *args)
+        except EventError:
+            assert body is None
+            return
+    if full is None:
+        assert body is None
+    elif body is not None:
+        assert body == wire.journal_body_v2(full, default_ip)
+
+
+def test_the_one_pass_body_of_schema_2_takes_the_common_event() -> None:
+    """The plain types go the one-pass way in schema 2 too."""
+    extras: list[dict[str, Any]] = [
+        {"event": "order_placed", "user_id": "7", "params": {"total": 12, "currency": "EUR"}},
+        {"event": "signup", "user_id": 7, "tenant_id": "acme", "timezone": "+01:00"},
+        {"event": "é" * 40, "params": {"a": True, "b": None, "c": "x" * 300}},
+    ]
+    for extra in extras:
+        record = logging.makeLogRecord({**extra, "created": AT + 0.25})
+        for default_ip in (None, b"10.0.0.7"):
+            body = record_body_v2(record, 65536, "event", None, "u-1", default_ip)
+            full = map_record_v2(record, 65536, "event", None, "u-1")
+            assert body is not None and full is not None, extra
+            assert body == wire.journal_body_v2(full, default_ip)
 
 
 @contextlib.contextmanager
