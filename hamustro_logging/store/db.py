@@ -81,7 +81,7 @@ __all__ = ["Db", "SafeDisk", "gated", "now_ms", "sqlite_usable_after_fork"]
 _DB = folder.DB_FILES[0]
 #: How long one attempt at the write lock may wait inside SQLite, holding the
 #: fork gate; between attempts the thread waits outside it.
-_SLICE = 0.02
+_SLICE = 0.002
 #: Keys read per query while walking the chunks.
 PAGE = 64
 
@@ -369,7 +369,7 @@ class Db:
         wait = getattr(self.local, "busy_timeout", None)
         limit = self.timeout if wait is None else wait
         deadline = time.monotonic() + limit
-        pause = 0.001
+        pause = 0.0002
         with self.gate():
             while True:
                 transaction = self.cache.transact()
@@ -383,9 +383,11 @@ class Db:
                             f"process for over {limit:g} s"
                         ) from None
                 _outside_gate(min(pause, max(0.0, deadline - time.monotonic())))
-                # Short pauses: a lock another process holds for a moment (a
-                # sibling worker's transaction) is picked up soon after.
-                pause = min(pause * 2, 0.005)
+                # Short pauses (and a short _SLICE: SQLite's own waits grow to
+                # 10 ms and more): a lock another process holds for a moment (a
+                # sibling worker's transaction, about a millisecond) is picked
+                # up soon after, not a few milliseconds later with both cores idle.
+                pause = min(pause * 2, 0.002)
             try:
                 yield
             except BaseException:
