@@ -187,13 +187,24 @@ MUTATIONS = (
     Mutation(
         "resend-not-counted",
         "hamustro_logging/store/settle.py",
-        "                        resent += stored",
+        "                        resent += n",
         "                        resent += 0",
         "a possible duplicate (the answer lost) is counted in stats()['resent']",
         (
             "tests/test_handler.py::test_answer_lost_after_storing_may_duplicate_but_never_loses",
             "tests/faults/test_refusals.py::"
             "test_a_lost_200_gives_a_counted_duplicate_and_nothing_lost",
+        ),
+    ),
+    Mutation(
+        "resend-in-part-not-counted",
+        "hamustro_logging/store/settle.py",
+        "                        resent += stored",
+        "                        resent += 0",
+        "a possible duplicate (the answer lost) is counted in stats()['resent']",
+        (
+            "tests/test_queue.py::"
+            "test_a_resend_settled_in_part_counts_the_stored_payloads_as_resent",
         ),
     ),
     Mutation(

@@ -269,6 +269,34 @@ _last_second: list[tuple[int, bytes]] = [(0, b"\x00")]
 _FIVE_BYTE_SECONDS = 1 << 35
 
 
+def _plain_event(record: logging.LogRecord, event_key: str) -> tuple[str, Mapping[str, Any]] | None:
+    """The record's event name (a non-empty str) and its fields (a context's applied), or None."""
+    d: Mapping[str, Any] = record.__dict__
+    name = d.get(event_key)
+    if type(name) is not str or not name:
+        return None
+    fields = _CONTEXT.get()
+    return (name, d) if fields is None else (name, overlay(d, fields))
+
+
+def _head(encoded_name: bytes, at: object) -> list[bytes] | None:
+    """A journal record's start: b"E", the head's length, the head (``at``, the name); or None.
+
+    None for an ``at`` that is not a float of epoch seconds below 2**35, or a
+    name of 0x70 bytes or more (below, the head's length takes one byte).
+    """
+    n = len(encoded_name)
+    if type(at) is not float or not 0 <= at < _FIVE_BYTE_SECONDS or n >= 0x70:
+        return None
+    second = int(at)
+    cached, at_varint = _last_second[0]
+    if cached != second:
+        at_varint = varint(second)
+        _last_second[0] = (second, at_varint)
+    return [b"E", _SMALL[3 + len(at_varint) + n], b"\x08", at_varint, b"\x12", _SMALL[n],
+            encoded_name]  # fmt: skip
+
+
 def record_body(
     record: logging.LogRecord,
     default_is_testing: bool,
@@ -297,13 +325,10 @@ def record_body(
     ...             "event", None) is None  # not an int: map_record says why
     True
     """
-    d: Mapping[str, Any] = record.__dict__
-    name = d.get(event_key)
-    if type(name) is not str or not name:
+    found = _plain_event(record, event_key)
+    if found is None:
         return None
-    fields = _CONTEXT.get()
-    if fields is not None:
-        d = overlay(d, fields)
+    name, d = found
     user_id = d.get("user_id")
     params = d.get("params")
     is_testing = d.get("is_testing", default_is_testing)
@@ -321,18 +346,10 @@ def record_body(
             return None
     except Exception:  # not JSON, not Unicode: map_record names the field and the cause
         return None
-    at = record.created
+    parts = _head(encoded_name, record.created)
+    if parts is None:
+        return None
     n = len(encoded_name)
-    if type(at) is not float or not 0 <= at < _FIVE_BYTE_SECONDS or n >= 0x70:
-        return None  # (a name below 0x70 bytes keeps the head's length in one byte)
-    second = int(at)
-    cached, at_varint = _last_second[0]
-    if cached != second:
-        at_varint = varint(second)
-        _last_second[0] = (second, at_varint)
-    # journal_body's layout: b"E", the head's length, the head (at, event), the tail
-    parts = [b"E", _SMALL[3 + len(at_varint) + n], b"\x08", at_varint, b"\x12", _SMALL[n],
-             encoded_name]  # fmt: skip
     if user_id is not None:
         if type(user_id) is not int or not 0 <= user_id <= UINT32_MAX:
             return None
@@ -617,13 +634,10 @@ def record_body_v2(
     ...     map_record_v2(r, 65536, "event", None, "u-7"))
     True
     """
-    d: Mapping[str, Any] = record.__dict__
-    name = d.get(event_key)
-    if type(name) is not str or not name:
+    found = _plain_event(record, event_key)
+    if found is None:
         return None
-    fields = _CONTEXT.get()
-    if fields is not None:
-        d = overlay(d, fields)
+    name, d = found
     if "is_testing" in d or d.get("ip") is not None or d.get("country") is not None:
         return None
     user_id = d.get("user_id")
@@ -635,21 +649,12 @@ def record_body_v2(
     timezone = d.get("timezone")
     params = d.get("params")
     at = record.created
-    if type(at) is not float or not 0 <= at < _FIVE_BYTE_SECONDS:
-        return None
-    parts: list[bytes] = []
     try:
         encoded_name = name.encode("utf-8")
         n = len(encoded_name)
-        if n >= 0x70:
+        parts = _head(encoded_name, at)
+        if parts is None:
             return None
-        second = int(at)
-        cached, at_varint = _last_second[0]
-        if cached != second:
-            at_varint = varint(second)
-            _last_second[0] = (second, at_varint)
-        parts += (b"E", _SMALL[3 + len(at_varint) + n], b"\x08", at_varint, b"\x12", _SMALL[n],
-                  encoded_name)  # fmt: skip
         if timezone is None:
             start, end, zone = local_offset.cached  # the cache, without a call
             if not start <= at < end:

@@ -70,6 +70,21 @@ def test_release_gives_back_and_maybe_sent_counts_a_resend(tmp_path: Path) -> No
     assert q.ack(again).resent == 2
 
 
+def test_a_resend_settled_in_part_counts_the_stored_payloads_as_resent(tmp_path: Path) -> None:
+    """A chunk sent before (its answer lost) and now settled payload by payload."""
+    q = Queue(tmp_path)
+    hid = q.register_header("s", HEADER)
+    q.append("s", hid, events(4))
+    batch = q.claim("a", 60)
+    assert batch is not None
+    q.release(batch, maybe_sent=True)
+    again = q.claim("a", 60)
+    assert again is not None
+    done = q.settle(again, [True, None, "400", True])
+    assert (done.sent, done.rejected, done.resent) == (2, 1, 2)
+    assert q.pending_count() == 1
+
+
 def test_settle_splits_delivered_rejected_and_unknown(tmp_path: Path) -> None:
     q = Queue(tmp_path)
     hid = q.register_header("s", HEADER)
