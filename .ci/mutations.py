@@ -357,6 +357,17 @@ MUTATIONS = (
         ("tests/test_properties.py::test_the_one_pass_body_of_schema_2_is_the_full_paths_or_none",),
     ),
     Mutation(
+        "child-collects-parents-garbage",
+        "hamustro_logging/store/db.py",
+        "        gc.freeze()",
+        "        pass",
+        "a child forked inside SQLite never calls SQLite, not even through the collector",
+        (
+            "tests/faults/test_hangs.py::"
+            "test_a_child_forked_inside_sqlite_never_collects_the_parents_garbage",
+        ),
+    ),
+    Mutation(
         "every-event-refused",
         "hamustro_logging/mapping.py",
         "    return tuple.__new__(Event, (int(at), name, user_id, ip_bytes, params_bytes, is_testing))",  # noqa: E501

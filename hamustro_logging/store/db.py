@@ -61,6 +61,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gc
 import os
 import sqlite3
 import sys
@@ -143,6 +144,21 @@ class SafeDisk(diskcache.Disk):
 
 _fork_gate = threading.RLock()
 _sqlite_usable = True
+#: Whether the garbage collector ran automatically before the fork in progress.
+_gc_was_enabled = False
+
+
+def _before_fork() -> None:
+    global _gc_was_enabled
+    # No collection in the child before it knows whether SQLite may be used
+    # there (the other libraries' after-fork hooks run before ours).
+    _gc_was_enabled = gc.isenabled()
+    gc.disable()
+
+
+def _after_fork_in_parent() -> None:
+    if _gc_was_enabled:
+        gc.enable()
 
 
 def _after_fork_in_child() -> None:
@@ -154,6 +170,15 @@ def _after_fork_in_child() -> None:
     else:
         _sqlite_usable = False
     _fork_gate = threading.RLock()
+    if not _sqlite_usable:
+        # Never collect what the parent left: a SQLite connection among its
+        # garbage (every connection sits in a reference cycle, and the parent's
+        # threads' ones become garbage here) would be finalized by the collector,
+        # a call into SQLite, whose mutexes the parent's thread may hold forever
+        # here. What the child makes is collected as usual.
+        gc.freeze()
+    if _gc_was_enabled:
+        gc.enable()
 
 
 def sqlite_usable_after_fork() -> bool:
@@ -166,7 +191,11 @@ def sqlite_usable_after_fork() -> bool:
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+    os.register_at_fork(
+        before=_before_fork,
+        after_in_parent=_after_fork_in_parent,
+        after_in_child=_after_fork_in_child,
+    )
 
 
 def _outside_gate(seconds: float) -> None:

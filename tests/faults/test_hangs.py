@@ -109,6 +109,11 @@ def configure():
     while not stop.is_set():  # each call closes the last handler and builds a new one
         logging.config.dictConfig(config)
         logging.getLogger("app").info("e", extra={"event": "e"})
+        # A breath between calls, as any real thread has: fork() first takes
+        # logging's module lock, which dictConfig holds throughout, and a thread
+        # that takes it again the instant it lets go can keep the woken forking
+        # thread from it for as long as it loops (the lock is not fair).
+        stop.wait(0.001)
 
 
 thread = threading.Thread(target=configure, daemon=True)
@@ -122,6 +127,69 @@ stop.set()
 thread.join()
 print("done")
 """
+
+
+# -- the garbage a child inherits while SQLite may be locked in it ---------------------
+
+FORK_WITH_GARBAGE = """
+import gc, json, os, sys, threading
+from hamustro_logging.store import db
+
+gate_held = json.loads(sys.argv[1])["gate_held"]
+seen_r, seen_w = os.pipe()
+
+
+class Cycle:
+    # Stands for a SQLite connection in a reference cycle: only the collector
+    # frees it, and freeing it calls into SQLite (its finalizer).
+    def __init__(self):
+        self.me = self
+
+    def __del__(self):
+        os.write(seen_w, b"child" if os.getpid() != parent else b"parent")
+
+
+parent = os.getpid()
+held, release = threading.Event(), threading.Event()
+
+
+def inside_sqlite():  # a handler thread in a transaction holds the fork gate
+    with db._fork_gate:
+        held.set()
+        release.wait()
+
+
+if gate_held:
+    threading.Thread(target=inside_sqlite).start()
+    held.wait()
+gc.disable()
+Cycle()  # garbage from here on, not yet collected
+gc.enable()
+pid = os.fork()
+if pid == 0:
+    gc.collect()
+    os._exit(0 if db.sqlite_usable_after_fork() != gate_held else 3)
+_, status = os.waitpid(pid, 0)
+release.set()
+os.close(seen_w)
+print(json.dumps({"status": status, "finalized": os.read(seen_r, 100).decode()}))
+"""
+
+
+@pytest.mark.parametrize("gate_held", [True, False], ids=["inside SQLite", "outside"])
+def test_a_child_forked_inside_sqlite_never_collects_the_parents_garbage(
+    tmp_path: Path, gate_held: bool
+) -> None:
+    """Freeing a SQLite connection left by the parent would hang such a child.
+
+    Seen in the dictConfig race below: a child forked while a handler thread
+    was in SQLite hung in ``sqlite3_finalize``, called by the collector from
+    its after-fork hook. Outside SQLite the child collects as usual.
+    """
+    out = json.loads(run_script(tmp_path, FORK_WITH_GARBAGE, {"gate_held": gate_held}, 30))
+    assert out["status"] == 0
+    # (the parent may collect its own copy meanwhile: only the child's counts)
+    assert ("child" in out["finalized"]) is not gate_held
 
 
 def test_fork_while_dictconfig_runs_does_not_deadlock(secret: str, tmp_path: Path) -> None:
