@@ -351,8 +351,8 @@ MUTATIONS = (
     Mutation(
         "one-pass-v2-miscounts-the-size",
         "hamustro_logging/mapping.py",
-        "                size += 1 + len(inner_length) + len(inner)",
-        "                size += len(inner)",
+        "            size += len(encoded_params)",
+        "            size += 0",
         "schema 2's one-pass encoding is the full path's, or leaves the record to it",
         ("tests/test_properties.py::test_the_one_pass_body_of_schema_2_is_the_full_paths_or_none",),
     ),

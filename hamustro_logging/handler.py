@@ -264,6 +264,9 @@ class HamustroHandler(logging.Handler):
         try:
             if str(record.name).partition(".")[0] in _NEVER_FROM:
                 return
+            d = record.__dict__
+            if self._one_pass and self.event_key not in d and "extra" not in d:
+                return  # a plain log line: the default mapping ignores it
             ip = self.tracker.cached_ip()
             # The common event in one pass; None: the full path (map_record) decides.
             if not self._one_pass:

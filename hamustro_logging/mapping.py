@@ -685,7 +685,7 @@ def record_body_v2(
         if params is not None:
             if type(params) is not dict:
                 return None
-            # encode_parameters' layout, one Parameter (field 9) per pair
+            pairs: list[tuple[bytes, bytes]] = []
             for key, value in params.items():
                 if type(key) is not str or not key:
                     return None
@@ -700,12 +700,10 @@ def record_body_v2(
                     text = "true" if value else "false"
                 else:
                     return None  # (JSON of other values: map_record_v2)
-                encoded_key, encoded_value = key.encode("utf-8"), text.encode("utf-8")
-                inner = b"".join((b"\x0a", varint(len(encoded_key)), encoded_key, b"\x12",
-                                  varint(len(encoded_value)), encoded_value))  # fmt: skip
-                inner_length = varint(len(inner))
-                size += 1 + len(inner_length) + len(inner)
-                parts += (b"\x4a", inner_length, inner)
+                pairs.append((key.encode("utf-8"), text.encode("utf-8")))
+            encoded_params = encode_parameters(pairs)
+            size += len(encoded_params)
+            parts.append(encoded_params)
     except UnicodeEncodeError:  # map_record_v2 names the field and the cause
         return None
     if size > max_event_bytes:
