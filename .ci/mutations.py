@@ -341,6 +341,17 @@ MUTATIONS = (
         ("tests/test_properties.py::test_the_one_pass_body_is_the_full_paths_or_none",),
     ),
     Mutation(
+        "one-pass-head-of-another-second",
+        "hamustro_logging/mapping.py",
+        "    if head is None or not head[0] <= at < head[1]:",
+        "    if head is None:",
+        "the one-pass encoding of the common event is the full path's, or leaves the record to it",
+        (
+            "tests/test_properties.py::"
+            "test_the_one_pass_start_kept_for_a_name_follows_each_events_second",
+        ),
+    ),
+    Mutation(
         "one-pass-v2-skips-a-check",
         "hamustro_logging/mapping.py",
         "                if type(key) is not str or not key:",

@@ -51,7 +51,7 @@ HANDLER_OPTIONS: dict[str, Spec] = {
 
 #: Loggers whose records never become events, so nothing can loop back: the
 #: library's own, and the HTTP stack it sends with.
-_NEVER_FROM = frozenset({"hamustro_logging", "urllib3", "requests"})
+_NEVER_FROM = ("hamustro_logging", "urllib3", "requests")
 
 #: Every live handler, so a forked child can give each its own threads and
 #: connections (weak: a handler that is garbage is not kept alive by this).
@@ -262,7 +262,8 @@ class HamustroHandler(logging.Handler):
         or with ``durable=True`` for the page to reach the disk.
         """
         try:
-            if str(record.name).partition(".")[0] in _NEVER_FROM:
+            name = str(record.name)
+            if name.startswith(_NEVER_FROM) and name.partition(".")[0] in _NEVER_FROM:
                 return
             d = record.__dict__
             if self._one_pass and self.event_key not in d and "extra" not in d:

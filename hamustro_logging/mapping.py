@@ -262,39 +262,64 @@ def map_record(
     )
 
 
-#: The last epoch second :func:`record_body` encoded, and its varint: events
-#: come many to a second (a tuple replaced whole, so threads need no lock).
-_last_second: list[tuple[int, bytes]] = [(0, b"\x00")]
 #: Epoch seconds whose varint is 5 bytes or less (until the year 3058).
 _FIVE_BYTE_SECONDS = 1 << 35
+#: The start of the journal record of a recent event, by event name: the
+#: second it is for (as ``[start, end)`` floats), the bytes (``b"E"``, the
+#: head's length, the head: that second and the name) and the name's length
+#: in UTF-8. Events come many to a second under few names, so an event's
+#: start is one lookup (entries are tuples replaced whole: threads need no
+#: lock). Emptied when it holds ``_HEADS_MAX`` names (an app making names).
+_HEADS: dict[str, tuple[float, float, bytes, int]] = {}
+_HEADS_MAX = 512
 
 
-def _plain_event(record: logging.LogRecord, event_key: str) -> tuple[str, Mapping[str, Any]] | None:
-    """The record's event name (a non-empty str) and its fields (a context's applied), or None."""
-    d: Mapping[str, Any] = record.__dict__
-    name = d.get(event_key)
-    if type(name) is not str or not name:
-        return None
-    fields = _CONTEXT.get()
-    return (name, d) if fields is None else (name, overlay(d, fields))
+def _new_head(name: str, at: float) -> tuple[float, float, bytes, int] | None:
+    """Make, keep and return the ``_HEADS`` entry of ``name`` at ``at``; or None.
 
-
-def _head(encoded_name: bytes, at: object) -> list[bytes] | None:
-    """A journal record's start: b"E", the head's length, the head (``at``, the name); or None.
-
-    None for an ``at`` that is not a float of epoch seconds below 2**35, or a
-    name of 0x70 bytes or more (below, the head's length takes one byte).
+    None (the full path decides) for an ``at`` outside ``[0, 2**35)`` or
+    NaN, an empty name, a name that is not Unicode, or a name of 0x70 bytes
+    or more (below, the head's length takes one byte).
     """
-    n = len(encoded_name)
-    if type(at) is not float or not 0 <= at < _FIVE_BYTE_SECONDS or n >= 0x70:
+    if not 0 <= at < _FIVE_BYTE_SECONDS or not name:
+        return None
+    try:
+        encoded = name.encode("utf-8")
+    except UnicodeEncodeError:
+        return None
+    n = len(encoded)
+    if n >= 0x70:
         return None
     second = int(at)
-    cached, at_varint = _last_second[0]
-    if cached != second:
-        at_varint = varint(second)
-        _last_second[0] = (second, at_varint)
-    return [b"E", _SMALL[3 + len(at_varint) + n], b"\x08", at_varint, b"\x12", _SMALL[n],
-            encoded_name]  # fmt: skip
+    at_varint = varint(second)
+    head = b"".join(
+        (b"E", _SMALL[3 + len(at_varint) + n], b"\x08", at_varint, b"\x12", _SMALL[n], encoded)
+    )
+    if len(_HEADS) >= _HEADS_MAX:
+        _HEADS.clear()
+    entry = _HEADS[name] = (float(second), float(second + 1), head, n)
+    return entry
+
+
+def _event_start(
+    record: logging.LogRecord, event_key: str
+) -> tuple[tuple[float, float, bytes, int], Mapping[str, Any]] | None:
+    """The common event's ``_HEADS`` entry and its fields (a context's applied); or None.
+
+    None for a record whose event name is not a str, whose ``created`` is
+    not a float, or whose start :func:`_new_head` leaves to the full path.
+    """
+    d: Mapping[str, Any] = record.__dict__
+    name, at = d.get(event_key), record.created
+    if type(name) is not str or type(at) is not float:
+        return None
+    head = _HEADS.get(name)
+    if head is None or not head[0] <= at < head[1]:
+        head = _new_head(name, at)
+        if head is None:
+            return None
+    fields = _CONTEXT.get()
+    return (head, d) if fields is None else (head, overlay(d, fields))
 
 
 def record_body(
@@ -325,17 +350,16 @@ def record_body(
     ...             "event", None) is None  # not an int: map_record says why
     True
     """
-    found = _plain_event(record, event_key)
+    found = _event_start(record, event_key)
     if found is None:
         return None
-    name, d = found
+    head, d = found
     user_id = d.get("user_id")
     params = d.get("params")
     is_testing = d.get("is_testing", default_is_testing)
     if d.get("ip") is not None or (is_testing is not False and is_testing is not True):
         return None
     try:
-        encoded_name = name.encode("utf-8")
         if params is None:
             encoded_params = None
         elif type(params) is dict and _fast_encoder is not None:
@@ -346,10 +370,8 @@ def record_body(
             return None
     except Exception:  # not JSON, not Unicode: map_record names the field and the cause
         return None
-    parts = _head(encoded_name, record.created)
-    if parts is None:
-        return None
-    n = len(encoded_name)
+    parts = [head[2]]
+    n = head[3]
     if user_id is not None:
         if type(user_id) is not int or not 0 <= user_id <= UINT32_MAX:
             return None
@@ -357,9 +379,10 @@ def record_body(
     if default_ip is not None:
         parts += (b"\x2a", varint(len(default_ip)), default_ip)
     if encoded_params is not None:
-        if n + len(encoded_params) > max_event_bytes:
+        k = len(encoded_params)
+        if n + k > max_event_bytes:
             return None
-        parts += (b"\x32", varint(len(encoded_params)), encoded_params)
+        parts += (b"\x32", _SMALL[k] if k < 0x80 else varint(k), encoded_params)
     elif n > max_event_bytes:
         return None
     if is_testing:
@@ -634,10 +657,10 @@ def record_body_v2(
     ...     map_record_v2(r, 65536, "event", None, "u-7"))
     True
     """
-    found = _plain_event(record, event_key)
+    found = _event_start(record, event_key)
     if found is None:
         return None
-    name, d = found
+    head, d = found
     if "is_testing" in d or d.get("ip") is not None or d.get("country") is not None:
         return None
     user_id = d.get("user_id")
@@ -649,12 +672,9 @@ def record_body_v2(
     timezone = d.get("timezone")
     params = d.get("params")
     at = record.created
+    parts = [head[2]]
+    n = head[3]
     try:
-        encoded_name = name.encode("utf-8")
-        n = len(encoded_name)
-        parts = _head(encoded_name, at)
-        if parts is None:
-            return None
         if timezone is None:
             start, end, zone = local_offset.cached  # the cache, without a call
             if not start <= at < end:

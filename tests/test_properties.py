@@ -25,7 +25,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from hamustro_logging import HamustroHandler, payload_pb2, payload_v2_pb2, wire
+from hamustro_logging import HamustroHandler, mapping, payload_pb2, payload_v2_pb2, wire
 from hamustro_logging.collector.schema2 import _parameters_json
 from hamustro_logging.contextfields import _CURRENT as _CONTEXT
 from hamustro_logging.mapping import (
@@ -330,6 +330,22 @@ def test_the_one_pass_body_takes_the_common_event() -> None:
         body, full = record_body(record, False, 65536, "event", None), map_record(record)
     assert full is not None and full.user_id == 9
     assert body is not None and body == wire.journal_body(full)
+
+
+def test_the_one_pass_start_kept_for_a_name_follows_each_events_second() -> None:
+    """The start kept per event name (mapping._HEADS) is used only within its own second.
+
+    The same name later, earlier (a clock stepped back), at a second's edges,
+    and after a flood of names emptied the cache: every body is the full path's.
+    """
+    at = float(AT)
+    seconds = [at, at + 1, at + 0.999, at - 5, at + 1, at + 2.5, 0.5, at + 2, at + 1.999999]
+    for created in seconds + [at + i for i in range(mapping._HEADS_MAX + 2)]:
+        for name in ("signup", f"made-{int(created) % 700}"):
+            record = logging.makeLogRecord({"event": name, "user_id": 7, "created": created})
+            body, full = record_body(record, False, 65536, "event", None), map_record(record)
+            assert full is not None and body == wire.journal_body(full), (name, created)
+    assert len(mapping._HEADS) <= mapping._HEADS_MAX
 
 
 # schema 2's fields, the plain types mostly, anything else sometimes

@@ -50,7 +50,8 @@ class _IpFinder:
         self.host = parts.hostname or "127.0.0.1"
         self.port = parts.port or (443 if parts.scheme == "https" else 80)
         self.ttl = ttl
-        self._value: bytes | None = None
+        #: The last address found (reading it does no lookup: for paths that must not block).
+        self.value: bytes | None = None
         self._at = -ttl
         try:  # an address needs no DNS: find it now, so the first events carry it
             ipaddress.ip_address(self.host)
@@ -64,13 +65,9 @@ class _IpFinder:
         """The address, looked up again (DNS, maybe) when older than ``ttl``."""
         now = time.monotonic()
         if now - self._at >= self.ttl:
-            self._value = self._find()
+            self.value = self._find()
             self._at = now
-        return self._value
-
-    def cached(self) -> bytes | None:
-        """The last address found, without any lookup: for paths that must not block."""
-        return self._value
+        return self.value
 
     def _find(self) -> bytes | None:
         try:
@@ -348,7 +345,8 @@ class ClientTracker:
 
     def cached_ip(self) -> bytes | None:
         """The host's address as last looked up (never a lookup here), or None."""
-        return self._ip.cached() if self._ip is not None else None
+        ip = self._ip
+        return None if ip is None else ip.value
 
     def refresh_ip(self) -> None:
         """Look the host's address up again if the cached one is old (may do DNS)."""
