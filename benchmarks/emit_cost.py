@@ -31,6 +31,10 @@ printed too, for the spread):
 * **median**, **p99**: of the per-call pass, each call timed alone (the
   figure this script gave before: it leaves out most of what the threads do
   between calls);
+* for each ratio, a 95% interval: the rounds drawn again with replacement
+  (a bootstrap, seeded), the ratio of the means in 95% of the draws: on a
+  machine whose speed drifts, how far the headline could move with other
+  rounds (in the JSON; the loop's is printed);
 * for the rows with a peer: the events the peer received of those logged,
   and the seconds from the loop's first call until the peer had all of the
   loop's events (warm-up included, every one accounted for).
@@ -77,6 +81,7 @@ import json
 import logging
 import logging.handlers
 import queue
+import random
 import shutil
 import socket
 import statistics
@@ -146,7 +151,8 @@ class _LastRecords:
     """
 
     def __init__(self) -> None:
-        self.put_nowait = collections.deque(maxlen=1024).append
+        records: collections.deque[logging.LogRecord] = collections.deque(maxlen=1024)
+        self.put_nowait = records.append
 
 
 def setup(key: str, url: str, folder: Path, port: int) -> Setup:
@@ -414,9 +420,35 @@ def summarize(keys: list[str], rounds: list[dict[str, dict[str, Any]]]) -> list[
                     for r in rounds
                     if r[key].get(name) is not None and r["floor"].get(name)
                 ]
+            if len(rounds) > 1 and key != "floor" and row.get(name) is not None:
+                row[f"{name}_interval"] = interval(rounds, key, name)
         row["all_delivered"] = all(run["all_delivered"] for run in runs)
         rows.append(row)
     return rows
+
+
+def interval(
+    rounds: list[dict[str, dict[str, Any]]], key: str, name: str, draws: int = 4000
+) -> tuple[float, float]:
+    """A 95% bootstrap interval of the ratio of ``key``'s mean ``name`` to the floor's.
+
+    The rounds are drawn again with replacement, each whole (a handler and
+    the floor of the same round stay together), ``draws`` times with a fixed
+    seed; the ratio of the means of each draw, its 2.5th and 97.5th
+    percentiles. How far the headline ratio could move with other rounds on
+    a machine whose speed drifts from one second to the next.
+    """
+    pairs = [
+        (r[key][name], r["floor"][name])
+        for r in rounds
+        if r[key].get(name) is not None and r["floor"].get(name)
+    ]
+    draw = random.Random(0).choices
+    ratios = sorted(
+        sum(a for a, _ in sample) / sum(b for _, b in sample)
+        for sample in (draw(pairs, k=len(pairs)) for _ in range(draws))
+    )
+    return ratios[int(draws * 0.025)], ratios[int(draws * 0.975) - 1]
 
 
 def print_tables(rows: list[dict[str, Any]], args: argparse.Namespace, note: str) -> None:
@@ -441,10 +473,17 @@ def print_tables(rows: list[dict[str, Any]], args: argparse.Namespace, note: str
         "  call median, p99: a separate pass, each call timed alone. Each figure: the mean\n"
         "  of the rounds; x: / the floor's (the first row's)."
     )
-    print("\n  loop/event / the floor, round by round:")
+    print("\n  loop/event / the floor, round by round, and a 95% interval of the mean's ratio:")
     for row in rows:
         ratios = " ".join(f"{r:.2f}x" for r in row.get("loop_us_ratios", []))
+        low_high = row.get("loop_us_interval")
+        if low_high:
+            ratios += f"  [{low_high[0]:.2f}x, {low_high[1]:.2f}x]"
         print(f"  {row['name']:<44} {ratios}")
+    print(
+        "  [a, b]: the rounds drawn again with replacement 4,000 times (bootstrap), the ratio\n"
+        "  of the means in 95% of the draws."
+    )
 
     print("\n  delivery (warm-up + loop + per-call pass, all to the peer)")
     print(

@@ -28,6 +28,7 @@ HERE = Path(__file__).resolve().parent
 #: Script, and its arguments for a quick smoke run.
 SCRIPTS: list[tuple[str, list[str]]] = [
     ("emit_cost.py", ["--quick"]),
+    ("emit_instructions.py", ["--quick"]),
     ("e2e_rate.py", ["--quick"]),
     ("backlog.py", ["--quick"]),
     ("multiprocess.py", ["--quick"]),
